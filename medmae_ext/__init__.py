@@ -1,0 +1,19 @@
+"""medmae_ext: the small extension package behind the medmae MONAI bundles.
+
+Bundle configs reference its classes by ``_target_`` (for example ``medmae_ext.networks.MaskedAutoencoder``).
+"""
+
+import os
+
+__version__ = "0.1.0"
+
+
+def bundle_root(name: str) -> str:
+    """Default ``bundle_root`` of the medmae bundle configs: ``bundles/<name>`` when run from the medmae repository
+    root (``--config_file bundles/<name>/configs/train.json``), else ``.`` (model-zoo convention: run from inside
+    the bundle). ``--bundle_root`` on the command line overrides it."""
+    here = os.path.join("bundles", name)
+    return here if os.path.isfile(os.path.join(here, "configs", "metadata.json")) else "."
+
+
+from . import data, engines, handlers, losses, masking, networks, optim, transforms  # noqa: E402,F401

@@ -1,0 +1,127 @@
+"""Readers that turn real datasets into MONAI datalists (lists of dicts), with errors that name the file and key.
+
+* :func:`load_datalist` -- MONAI decathlon-style datalist JSON (MSD tasks, BTCV's ``dataset_0.json``, BraTS, the
+  synthetic sets of :mod:`medmae_ext.data.synthetic`). Every path is checked up front.
+* :func:`load_medmnist_npz` -- MedMNIST ``.npz`` files (``train_images``/``train_labels``/``val_*``/``test_*``);
+  images stay in memory as channel-first float arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from monai.data import load_decathlon_datalist
+
+__all__ = ["load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
+
+PATH_KEYS = ("image", "label", "mask", "lesion")
+
+
+class DatalistError(ValueError):
+    """A datalist (JSON / CSV / npz / folder) is malformed or names files that do not exist."""
+
+
+def check_files(items: list[dict], source: str, keys: Sequence[str] = PATH_KEYS) -> list[dict]:
+    """Raise :class:`DatalistError` naming the first item/key whose file is missing."""
+    missing = []
+    for i, item in enumerate(items):
+        for k in keys:
+            v = item.get(k)
+            paths = v if isinstance(v, (list, tuple)) else [v]
+            for p in paths:
+                if isinstance(p, str) and not os.path.exists(p):
+                    missing.append(f"item {i} (id={item.get('id', '?')}) key '{k}': {p}")
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise DatalistError(f"{source}: missing file(s): " + "; ".join(missing[:3]) + more)
+    return items
+
+
+def load_datalist(
+    datalist_file: str,
+    data_list_key: str = "training",
+    base_dir: str | None = None,
+    is_segmentation: bool = True,
+    required_keys: Sequence[str] = ("image",),
+    max_items: int | None = None,
+) -> list[dict]:
+    """Load one section of a decathlon-style datalist JSON and check it.
+
+    Paths are relative to ``base_dir`` (default: the JSON's folder). Each item gains an ``id`` (its own, or the
+    image file name) used to key per-sample caches such as MSMAE's attention maps.
+    """
+    if not os.path.isfile(datalist_file):
+        raise DatalistError(f"datalist file not found: {datalist_file}")
+    try:
+        with open(datalist_file) as f:
+            raw = json.load(f)
+    except ValueError as e:
+        raise DatalistError(f"{datalist_file} is not valid JSON: {e}") from e
+    if data_list_key not in raw:
+        raise DatalistError(
+            f"{datalist_file} has no section '{data_list_key}' (sections: {sorted(k for k in raw if isinstance(raw[k], list))})"
+        )
+    if not raw[data_list_key]:
+        raise DatalistError(f"{datalist_file}: section '{data_list_key}' is empty")
+    for i, item in enumerate(raw[data_list_key]):
+        if not isinstance(item, dict):
+            raise DatalistError(f"{datalist_file}: {data_list_key}[{i}] is {type(item).__name__}, expected an object")
+        for k in required_keys:
+            if k not in item:
+                raise DatalistError(f"{datalist_file}: {data_list_key}[{i}] has no key '{k}' (keys: {sorted(item)})")
+    base_dir = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist_file))
+    items = load_decathlon_datalist(datalist_file, is_segmentation, data_list_key, base_dir)
+    for item in items:
+        if "id" not in item:
+            img = item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"]
+            item["id"] = os.path.basename(str(img))
+    if max_items:
+        items = items[: int(max_items)]
+    return check_files(items, f"{datalist_file} [{data_list_key}]")
+
+
+_MEDMNIST_SPLITS = {"training": "train", "train": "train", "validation": "val", "val": "val", "test": "test"}
+
+
+def load_medmnist_npz(path: str, split: str = "training", max_items: int | None = None) -> list[dict]:
+    """Items ``{"image": float32 [C, H, W(, D)] in [0, 1], "label": int or float vector, "id"}`` from a MedMNIST
+    ``.npz`` (``{split}_images`` uint8 ``[N, H, W]``, ``[N, H, W, 3]`` or ``[N, D, H, W]``; ``{split}_labels``
+    ``[N, 1]`` or multi-label ``[N, K]``)."""
+    if not os.path.isfile(path):
+        raise DatalistError(f"MedMNIST file not found: {path}")
+    prefix = _MEDMNIST_SPLITS.get(split)
+    if prefix is None:
+        raise DatalistError(f"unknown split {split!r} for {path}: use one of {sorted(_MEDMNIST_SPLITS)}")
+    try:
+        npz = np.load(path)
+    except Exception as e:
+        raise DatalistError(f"{path} is not a readable .npz file: {e}") from e
+    with npz:
+        ik, lk = f"{prefix}_images", f"{prefix}_labels"
+        for k in (ik, lk):
+            if k not in npz.files:
+                raise DatalistError(f"{path} has no array '{k}' (arrays: {sorted(npz.files)})")
+        images, labels = npz[ik], npz[lk]
+    if len(images) != len(labels):
+        raise DatalistError(f"{path}: '{ik}' has {len(images)} entries but '{lk}' has {len(labels)}")
+    if images.ndim == 4 and images.shape[-1] in (3, 4) and images.shape[1] not in (3, 4):
+        images = np.moveaxis(images, -1, 1)  # N, H, W, C -> N, C, H, W (RGB MedMNIST)
+    elif images.ndim in (3, 4):
+        images = images[:, None]  # grey 2D [N, H, W] or 3D [N, D, H, W]
+    else:
+        raise DatalistError(f"{path}: '{ik}' has shape {images.shape}; expected [N, H, W(, 3)] or [N, D, H, W]")
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    labels = labels.reshape(len(labels), -1)
+    n = len(images) if not max_items else min(len(images), int(max_items))
+    name = os.path.splitext(os.path.basename(path))[0]
+    return [
+        {
+            "image": images[i].astype(np.float32) / scale,
+            "label": int(labels[i, 0]) if labels.shape[1] == 1 else labels[i].astype(np.float32),
+            "id": f"{name}:{prefix}:{i}",
+        }
+        for i in range(n)
+    ]

@@ -1,0 +1,64 @@
+"""Losses for masked-image pretraining."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .networks.patching import patchify
+
+__all__ = ["MaskedPatchMSELoss", "MAELoss"]
+
+
+class MaskedPatchMSELoss(nn.Module):
+    """MSE between predicted and true patches, averaged over the *masked* patches only.
+
+    With ``norm_pix=True`` (SelfMedMAE / MAE default) each target patch is normalised by the mean and variance of
+    its own voxels (all channels), so flat regions and intensity offsets do not dominate.
+    """
+
+    def __init__(self, patch_size: Sequence[int], norm_pix: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.patch_size = tuple(patch_size)
+        self.norm_pix = norm_pix
+        self.eps = eps
+
+    def target(self, image: torch.Tensor) -> torch.Tensor:
+        t = patchify(image.float(), self.patch_size)
+        if self.norm_pix:
+            mean = t.mean(dim=-1, keepdim=True)
+            var = t.var(dim=-1, keepdim=True, unbiased=False)
+            t = (t - mean) / (var + self.eps).sqrt()
+        return t
+
+    def forward(self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        per_patch = ((pred.float() - self.target(image)) ** 2).mean(dim=-1)  # [B, N]
+        return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class MAELoss(nn.Module):
+    """Pretraining loss on the dict returned by :class:`~medmae_ext.networks.MaskedAutoencoder`.
+
+    ``loss = masked-patch MSE + ce_weight * cross_entropy(logits, label)``; the cross-entropy term (MSMAE's
+    supervised attention) applies only when the network has a CLS head and labels are given. Cross-entropy takes
+    the raw logits: softmax is applied once, inside it.
+    """
+
+    def __init__(self, patch_size: Sequence[int], norm_pix: bool = True, ce_weight: float = 0.0) -> None:
+        super().__init__()
+        self.mse = MaskedPatchMSELoss(patch_size, norm_pix)
+        self.ce_weight = ce_weight
+
+    def forward(self, output: dict, target) -> torch.Tensor:
+        """``target``: the image tensor, or ``{"image": ..., "label": ...}`` as made by
+        :class:`~medmae_ext.engines.MAEPrepareBatch`."""
+        image, label = (target["image"], target.get("label")) if isinstance(target, dict) else (target, None)
+        loss = self.mse(output["pred"], image, output["mask"])
+        if self.ce_weight > 0 and "logits" in output:
+            if label is None:
+                raise ValueError("ce_weight > 0 but the batch has no 'label': MSMAE pretraining needs class labels.")
+            loss = loss + self.ce_weight * F.cross_entropy(output["logits"], label.reshape(-1).long())
+        return loss

@@ -1,0 +1,57 @@
+"""Patch bookkeeping shared by the MAE networks, the loss and the handlers.
+
+Patch order is the order of ``monai.networks.blocks.PatchEmbeddingBlock`` (a strided convolution flattened
+row-major over the patch grid), so patch ``i`` of :func:`patchify` is token ``i`` of the encoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["patchify", "unpatchify", "patch_weights", "grid_shape"]
+
+
+def grid_shape(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, ...]:
+    if len(spatial_shape) != len(patch_size):
+        raise ValueError(f"image has {len(spatial_shape)} spatial dims but patch_size has {len(patch_size)}.")
+    for i, (s, p) in enumerate(zip(spatial_shape, patch_size)):
+        if s % p:
+            raise ValueError(
+                f"image size {tuple(spatial_shape)} is not divisible by patch_size {tuple(patch_size)} "
+                f"(spatial dim {i}: {s} % {p} = {s % p})."
+            )
+    return tuple(s // p for s, p in zip(spatial_shape, patch_size))
+
+
+def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """``[B, C, *spatial]`` -> ``[B, N, prod(patch_size) * C]`` (voxels of a patch first, then channels)."""
+    b, c = x.shape[:2]
+    nd = x.ndim - 2
+    grid = grid_shape(x.shape[2:], patch_size)
+    shape = [b, c]
+    for g, p in zip(grid, patch_size):
+        shape += [g, p]
+    perm = [0] + [2 + 2 * i for i in range(nd)] + [3 + 2 * i for i in range(nd)] + [1]
+    return x.reshape(shape).permute(perm).reshape(b, math.prod(grid), math.prod(patch_size) * c)
+
+
+def unpatchify(p: torch.Tensor, patch_size: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``[B, N, prod(patch_size) * C]`` -> ``[B, C, *spatial]``."""
+    b = p.shape[0]
+    nd = len(grid)
+    x = p.reshape([b, *grid, *patch_size, channels])
+    # dims now: 0 B, 1..nd grid, nd+1..2nd patch, 2nd+1 C  ->  B, C, g0, p0, g1, p1, ...
+    perm = [0, 2 * nd + 1]
+    for i in range(nd):
+        perm += [1 + i, 1 + nd + i]
+    return x.permute(perm).reshape([b, channels, *[g * q for g, q in zip(grid, patch_size)]])
+
+
+def patch_weights(attn_map: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """Average an image-resolution map ``[B, 1, *spatial]`` over each patch -> ``[B, N]`` (token order)."""
+    pool = F.avg_pool2d if attn_map.ndim == 4 else F.avg_pool3d
+    return pool(attn_map.float(), kernel_size=tuple(patch_size)).flatten(1)

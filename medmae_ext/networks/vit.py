@@ -1,0 +1,221 @@
+"""ViT encoder and classifier built from MONAI blocks, with state-dict keys that match ``monai.networks.nets.ViT``.
+
+Key layout of :class:`ViTEncoder` (identical to ``ViT(classification=True)`` minus its head)::
+
+    cls_token
+    patch_embedding.patch_embeddings.{weight,bias}
+    patch_embedding.position_embeddings
+    blocks.{i}.{norm1,attn.qkv,attn.out_proj,norm2,mlp.linear1,mlp.linear2,norm_cross_attn}.*
+    norm.{weight,bias}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
+from monai.networks.layers import DropPath, trunc_normal_
+from monai.utils import ensure_tuple_rep
+
+from .patching import grid_shape
+
+__all__ = ["Block", "ViTEncoder", "ViTClassifier", "gather_tokens", "init_mae_weights", "check_sincos_dim"]
+
+
+def check_sincos_dim(dim: int, spatial_dims: int, name: str) -> None:
+    """A sin-cos position embedding needs ``dim`` divisible by 4 (2D) or 6 (3D)."""
+    k = 4 if spatial_dims == 2 else 6
+    if dim % k:
+        raise ValueError(f"{name}={dim} must be divisible by {k} for a {spatial_dims}D sin-cos position embedding.")
+
+
+def init_mae_weights(module: nn.Module) -> None:
+    """MAE initialisation: xavier-uniform linear layers (and the patch projection seen as one), unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tokens[b, index[b, k], :]`` for every ``b, k``."""
+    return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+class Block(TransformerBlock):
+    """MONAI ``TransformerBlock`` plus stochastic depth (drop path). Same parameters, same state-dict keys."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        mlp_dim: int,
+        num_heads: int,
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = True,
+        save_attn: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, save_attn)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, context: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViTEncoder(nn.Module):
+    """ViT encoder with a CLS token that can run on a subset of its patch tokens.
+
+    Args:
+        in_channels: image channels.
+        img_size / patch_size: spatial size of the input and of a patch (int or one per spatial dim).
+        hidden_size, mlp_dim, num_layers, num_heads, qkv_bias: transformer size (ViT-B: 768, 3072, 12, 12, True).
+        pos_embed_type: "sincos" (fixed, as in MAE) or "learnable".
+        dropout_rate: dropout inside the blocks; drop_path_rate: stochastic depth, linearly increasing per block.
+        spatial_dims: 2 or 3.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        img_size: Sequence[int] | int,
+        patch_size: Sequence[int] | int = 16,
+        hidden_size: int = 768,
+        mlp_dim: int = 3072,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        qkv_bias: bool = True,
+        pos_embed_type: str = "sincos",
+        dropout_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        spatial_dims: int = 2,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
+        if pos_embed_type == "sincos":
+            check_sincos_dim(hidden_size, spatial_dims, "hidden_size")
+        self.in_channels = int(in_channels)
+        self.img_size = tuple(int(s) for s in ensure_tuple_rep(img_size, spatial_dims))
+        self.patch_size = tuple(int(p) for p in ensure_tuple_rep(patch_size, spatial_dims))
+        self.grid = grid_shape(self.img_size, self.patch_size)
+        self.num_patches = int(torch.tensor(self.grid).prod())
+        self.hidden_size = hidden_size
+        self.spatial_dims = spatial_dims
+        self.patch_embedding = PatchEmbeddingBlock(
+            in_channels=in_channels,
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            hidden_size=hidden_size,
+            num_heads=num_heads,
+            proj_type="conv",
+            pos_embed_type=pos_embed_type,
+            dropout_rate=dropout_rate,
+            spatial_dims=spatial_dims,
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        trunc_normal_(self.cls_token, mean=0.0, std=0.02, a=-2.0, b=2.0)
+        rates = torch.linspace(0, drop_path_rate, num_layers).tolist() if num_layers > 1 else [drop_path_rate]
+        self.blocks = nn.ModuleList(
+            [
+                # the last block keeps its softmax attention so that MSMAE can read the CLS->patch map
+                Block(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, i == num_layers - 1, rates[i])
+                for i in range(num_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(hidden_size)
+        init_mae_weights(self)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        expected = [self.in_channels] + list(self.img_size)
+        if x.dim() != self.spatial_dims + 2 or list(x.shape[1:]) != expected:
+            raise ValueError(
+                "network input has shape "
+                + str(list(x.shape))
+                + " but the network expects [batch, "
+                + str(self.in_channels)
+                + " channel(s), "
+                + str(list(self.img_size))
+                + "]: check the channel count and the resize/crop size against in_channels and img_size."
+            )
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with position embedding, ``[B, N, hidden]`` (no CLS token)."""
+        self.check_input(x)
+        return self.patch_embedding(x)
+
+    def encode_tokens(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the transformer on ``tokens`` (optionally only ``tokens[:, keep]``); returns ``[B, 1 + K, hidden]``."""
+        if keep is not None:
+            tokens = gather_tokens(tokens, keep)
+        x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.encode_tokens(self.embed(x), keep)
+
+    @torch.no_grad()
+    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """MSMAE attention map: last block's CLS->patch softmax attention, each head min-max normalised to [0, 1],
+        heads averaged. Uses all tokens; returns ``[B, N]``."""
+        self.forward(x)
+        att = self.blocks[-1].attn.att_mat[:, :, 0, 1:]  # [B, heads, N]
+        lo = att.amin(dim=-1, keepdim=True)
+        hi = att.amax(dim=-1, keepdim=True)
+        return ((att - lo) / (hi - lo).clamp_min(1e-12)).mean(dim=1)
+
+
+class ViTClassifier(nn.Module):
+    """ViT classifier: :class:`ViTEncoder` + linear head on the CLS token.
+
+    ``forward(x, keep)`` encodes only the patch tokens listed in ``keep`` (MSMAE masked fine-tuning); evaluation
+    and inference call ``forward(x)`` and use every token. Keys: ``encoder.*`` (as in the MAE checkpoints) and
+    ``head.*``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        img_size: Sequence[int] | int,
+        patch_size: Sequence[int] | int = 16,
+        hidden_size: int = 768,
+        mlp_dim: int = 3072,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        qkv_bias: bool = True,
+        pos_embed_type: str = "sincos",
+        dropout_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        head_dropout: float = 0.0,
+        spatial_dims: int = 2,
+    ) -> None:
+        super().__init__()
+        self.encoder = ViTEncoder(
+            in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias,
+            pos_embed_type, dropout_rate, drop_path_rate, spatial_dims,
+        )
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(hidden_size, num_classes)
+        trunc_normal_(self.head.weight, mean=0.0, std=2e-5, a=-2.0, b=2.0)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.head(self.head_drop(self.encoder(x, keep)[:, 0]))

@@ -1,0 +1,50 @@
+import os
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLES = os.path.join(REPO, "bundles")
+sys.path.insert(0, REPO)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def synth2d(tmp_path_factory):
+    from medmae_ext.data import make_synthetic_2d
+
+    d = str(tmp_path_factory.mktemp("synth2d"))
+    make_synthetic_2d(d, num_images=60, size=64, seed=1)
+    return d
+
+
+@pytest.fixture(scope="session")
+def synth3d(tmp_path_factory):
+    from medmae_ext.data import make_synthetic_3d
+
+    d = str(tmp_path_factory.mktemp("synth3d"))
+    make_synthetic_3d(d, num_volumes=6, size=64, seed=1, val_frac=0.34)
+    return d
+
+
+def bundle_config(bundle: str, name: str) -> str:
+    return os.path.join(BUNDLES, bundle, "configs", name)
+
+
+def run_bundle(bundle: str, config: str, run_id: str = "training", **override):
+    """Run a bundle config in-process, like `python -m monai.bundle run <run_id> --config_file ...`."""
+    from monai.bundle import ConfigWorkflow
+
+    files = [bundle_config(bundle, c) for c in ([config] if isinstance(config, str) else config)]
+    wf = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=bundle_config(bundle, "metadata.json"),
+        logging_file=bundle_config(bundle, "logging.conf"),
+        run_id=run_id,
+        **override,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf

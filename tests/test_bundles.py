@@ -1,0 +1,69 @@
+"""Every bundle: required files, schema-valid metadata (offline, against bundles/meta_schema.json), parsable configs."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import BUNDLES, REPO
+
+SCHEMA = os.path.join(BUNDLES, "meta_schema.json")
+ALL = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(BUNDLES, "*", "configs")))
+OFFICIAL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+
+
+def test_bundles_present():
+    assert {"mae_pretrain"} <= set(ALL)
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_bundle_layout(bundle):
+    root = os.path.join(BUNDLES, bundle)
+    for f in ("configs/metadata.json", "configs/logging.conf", "configs/train.json", "docs/README.md", "LICENSE"):
+        assert os.path.isfile(os.path.join(root, f)), f"{bundle} lacks {f}"
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_metadata_is_schema_valid(bundle):
+    from monai.bundle import verify_metadata
+
+    meta = os.path.join(BUNDLES, bundle, "configs", "metadata.json")
+    assert json.load(open(meta))["schema"] == OFFICIAL
+    verify_metadata(meta_file=meta, filepath=SCHEMA)  # raises on any violation; never downloads (file exists)
+
+
+def test_schema_rejects_incomplete_metadata(tmp_path):
+    from monai.bundle import verify_metadata
+
+    meta = json.load(open(os.path.join(BUNDLES, "mae_pretrain", "configs", "metadata.json")))
+    del meta["task"]
+    del meta["network_data_format"]["inputs"]["image"]["channel_def"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="task|channel_def"):
+        verify_metadata(meta_file=str(bad), filepath=SCHEMA)
+
+
+def test_verify_metadata_cli_offline():
+    meta = os.path.join(BUNDLES, "mae_pretrain", "configs", "metadata.json")
+    r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", meta, "--filepath", SCHEMA],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "metadata is verified with no error" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(BUNDLES, "*", "configs", "*.json"))))
+def test_configs_parse(path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(path)
+    if os.path.basename(path) == "metadata.json":
+        return
+    parser["bundle_root"] = os.path.join(BUNDLES, os.path.basename(os.path.dirname(os.path.dirname(path))))
+    parser.parse()
+    if "network_def" in parser:
+        net = parser.get_parsed_content("network_def")
+        assert sum(p.numel() for p in net.parameters()) > 0

@@ -1,0 +1,102 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medmae_ext.data import DatalistError, load_datalist, load_medmnist_npz, make_synthetic_2d, make_synthetic_3d
+from medmae_ext.transforms import ValidateImaged
+
+
+def test_synthetic_2d_is_deterministic_and_labelled(tmp_path, synth2d):
+    other = make_synthetic_2d(str(tmp_path), num_images=60, size=64, seed=1)
+    a = json.load(open(os.path.join(synth2d, "datalist.json")))
+    b = json.load(open(other))
+    assert a["training"] == b["training"]
+    for item in a["training"][:6]:
+        pa = np.array(Image.open(os.path.join(synth2d, item["image"])))
+        pb = np.array(Image.open(os.path.join(tmp_path, item["image"])))
+        assert np.array_equal(pa, pb) and pa.shape == (64, 64)
+        lesion = np.array(Image.open(os.path.join(synth2d, item["mask"]))) > 0
+        assert lesion.any() == (item["label"] > 0)
+    labels = [i["label"] for i in a["training"] + a["validation"] + a["test"]]
+    assert sorted(set(labels)) == [0, 1, 2] and len(labels) == 60
+    assert len(a["validation"]) == 9 and len(a["test"]) == 9
+
+
+def test_synthetic_3d_has_organs_and_lesion_class(synth3d):
+    import nibabel as nib
+
+    d = json.load(open(os.path.join(synth3d, "datalist.json")))
+    item = d["training"][1]
+    img = nib.load(os.path.join(synth3d, item["image"]))
+    lab = np.asarray(nib.load(os.path.join(synth3d, item["label"])).dataobj)
+    assert img.shape == (64, 64, 64) and np.allclose(img.header.get_zooms(), (1.5, 1.5, 2.0))
+    assert set(np.unique(lab)) == {0, 1, 2, 3, 4}
+    lesion = np.asarray(nib.load(os.path.join(synth3d, item["lesion"])).dataobj)
+    assert bool(lesion.any()) == bool(item["class"])
+
+
+def test_load_datalist_resolves_and_checks(synth2d):
+    items = load_datalist(os.path.join(synth2d, "datalist.json"), "validation", is_segmentation=False)
+    assert len(items) == 9 and all(os.path.isabs(i["image"]) and os.path.isfile(i["image"]) for i in items)
+    assert items[0]["id"].startswith("cxr_")
+
+
+def _write(tmp_path, content):
+    p = tmp_path / "dataset.json"
+    p.write_text(json.dumps(content) if not isinstance(content, str) else content)
+    return str(p)
+
+
+def test_missing_image_in_datalist_names_file_and_key(tmp_path):
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    path = _write(tmp_path, {"training": [{"image": "a.nii.gz", "label": "a.nii.gz"},
+                                          {"image": "gone.nii.gz", "label": "a.nii.gz"}]})
+    with pytest.raises(DatalistError, match=r"item 1 .* key 'image': .*gone\.nii\.gz"):
+        load_datalist(path)
+
+
+def test_datalist_structure_errors(tmp_path):
+    with pytest.raises(DatalistError, match="datalist file not found: .*nope.json"):
+        load_datalist(str(tmp_path / "nope.json"))
+    with pytest.raises(DatalistError, match="no section 'training'"):
+        load_datalist(_write(tmp_path, {"validation": [{"image": "x"}]}))
+    with pytest.raises(DatalistError, match=r"training\[0\] has no key 'image'"):
+        load_datalist(_write(tmp_path, {"training": [{"img": "x"}]}))
+    with pytest.raises(DatalistError, match="not valid JSON"):
+        load_datalist(_write(tmp_path, "{oops"))
+
+
+def test_medmnist_npz_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "pneumoniamnist.npz"
+    np.savez(path, train_images=rng.integers(0, 255, (5, 28, 28), dtype=np.uint8), train_labels=np.arange(5)[:, None] % 2,
+             val_images=rng.integers(0, 255, (2, 28, 28, 3), dtype=np.uint8), val_labels=np.eye(2, 4)[:, :])
+    tr = load_medmnist_npz(str(path), "training")
+    assert len(tr) == 5 and tr[0]["image"].shape == (1, 28, 28) and tr[3]["label"] == 1
+    assert 0 <= tr[0]["image"].min() and tr[0]["image"].max() <= 1
+    va = load_medmnist_npz(str(path), "validation")
+    assert va[0]["image"].shape == (3, 28, 28) and va[0]["label"].shape == (4,)
+    assert va[1]["id"] == "pneumoniamnist:val:1"
+    with pytest.raises(DatalistError, match="has no array 'test_images'"):
+        load_medmnist_npz(str(path), "test")
+    with pytest.raises(DatalistError, match="not found"):
+        load_medmnist_npz(str(tmp_path / "missing.npz"))
+
+
+def test_validate_image_names_the_file_on_wrong_channels(tmp_path):
+    from monai.transforms import LoadImaged
+
+    p = tmp_path / "rgb_xray.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(p)
+    data = LoadImaged("image", image_only=True, ensure_channel_first=True)({"image": str(p)})
+    with pytest.raises(ValueError, match=r"rgb_xray\.png.*3 channel\(s\).*expects 1 \(config id 'in_channels'\)"):
+        ValidateImaged("image", channels=1)(data)
+    with pytest.raises(ValueError, match=r"rgb_xray\.png.*2 spatial dims.*expects 3D"):
+        ValidateImaged("image", spatial_dims=3)(data)
+    assert ValidateImaged("image", channels=3, spatial_dims=2)(data)["image"].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="in-memory item"):
+        ValidateImaged("image", channels=1)({"image": torch.zeros(2, 4, 4)})
