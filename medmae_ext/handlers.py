@@ -15,7 +15,7 @@ from monai.handlers import CheckpointLoader
 
 from .networks.patching import patchify, unpatchify
 
-__all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader", "latest_checkpoint", "ReconstructionSaver", "reconstruction_panel"]
+__all__ = ["AttentionRefresher", "AtomicCheckpointSaver", "ResumeCheckpointLoader", "latest_checkpoint", "ReconstructionSaver", "reconstruction_panel"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +175,38 @@ class ReconstructionSaver:
         scale = max(1, 512 // panel.shape[0])
         Image.fromarray(panel).resize((panel.shape[1] * scale, panel.shape[0] * scale), Image.NEAREST).save(path)
         return path
+
+
+class AttentionRefresher:
+    """MSMAE: recompute the per-sample attention maps of ``cache`` with the network being trained.
+
+    At the start of epoch ``e`` (0-based) the maps are refreshed when ``e >= start_epoch`` and
+    ``(e - start_epoch) % interval == 0`` -- and at the first epoch of a resumed run past ``start_epoch``, since
+    the cache is not checkpointed. Before ``start_epoch`` the cache stays empty and masking is random.
+    Paper values: start 40, interval 40 (pretraining); start 0, interval 20 (fine-tuning).
+    """
+
+    def __init__(self, cache, dataloader, start_epoch: int = 40, interval: int = 40, image_key: str = "image",
+                 id_key: str = "id") -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.cache = cache
+        self.dataloader = dataloader
+        self.start_epoch = start_epoch
+        self.interval = interval
+        self.image_key = image_key
+        self.id_key = id_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def due(self, epoch0: int) -> bool:
+        if epoch0 < self.start_epoch:
+            return False
+        return (epoch0 - self.start_epoch) % self.interval == 0 or not len(self.cache)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch0 = engine.state.epoch - 1  # ignite has already counted the epoch that is starting
+        if self.due(epoch0):
+            self.cache.refresh(engine.network, self.dataloader, engine.state.device, self.image_key, self.id_key,
+                               epoch=epoch0)

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.transforms.traits import RandomizableTrait
 
-__all__ = ["ValidateImaged", "source_of"]
+__all__ = ["ValidateImaged", "AttachAttentiond", "source_of"]
 
 
 def source_of(data: dict, key: str) -> str:
@@ -54,4 +55,45 @@ class ValidateImaged(MapTransform):
                     f"{source_of(d, key)}: '{key}' has {shape[0]} channel(s) (shape {shape}) but the network expects "
                     f"{self.channels} (config id 'in_channels'): convert the images or change 'in_channels'."
                 )
+        return d
+
+
+class AttachAttentiond(MapTransform, RandomizableTrait):
+    """Add the cached MSMAE attention map of the sample as an image-sized channel ``attention_key``.
+
+    Each patch-grid value is repeated over its patch, so the map has the image's spatial shape; place this
+    transform *before* the random crop / flip and list ``attention_key`` in their ``keys`` (with
+    ``allow_missing_keys=True``): image and map then get exactly the same crop and flip. Samples without a cached
+    map (before the first refresh) get no ``attention_key``, and the masking falls back to its warm-up.
+
+    It carries MONAI's ``RandomizableTrait`` only so that ``CacheDataset`` never caches its output: the cache
+    changes during training.
+    """
+
+    def __init__(self, cache, image_key: str = "image", attention_key: str = "attn", id_key: str = "id") -> None:
+        super().__init__(image_key)
+        self.cache = cache
+        self.image_key = image_key
+        self.attention_key = attention_key
+        self.id_key = id_key
+
+    def __call__(self, data):
+        d = dict(data)
+        if not len(self.cache):
+            return d
+        if self.id_key not in d:
+            raise KeyError(f"AttachAttentiond needs '{self.id_key}' in every item (keys: {sorted(d)})")
+        grid_map = self.cache.get(d[self.id_key])
+        if grid_map is None:
+            raise KeyError(f"no attention map cached for sample {d[self.id_key]!r}: refresh the cache on this dataset")
+        spatial = tuple(d[self.image_key].shape[1:])
+        if len(spatial) != grid_map.ndim or any(s % g for s, g in zip(spatial, grid_map.shape)):
+            raise ValueError(
+                f"{source_of(d, self.image_key)}: image of spatial shape {spatial} does not tile the attention grid "
+                f"{tuple(grid_map.shape)}: attach the map where the image has the network's img_size."
+            )
+        full = grid_map
+        for axis, (s, g) in enumerate(zip(spatial, grid_map.shape)):
+            full = full.repeat_interleave(s // g, dim=axis)
+        d[self.attention_key] = full.unsqueeze(0).float()
         return d

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-__all__ = ["make_synthetic_2d", "make_synthetic_3d", "make_synthetic_dataset", "CLASSES_2D", "ORGANS_3D"]
+__all__ = ["lesion_batch", "make_synthetic_2d", "make_synthetic_3d", "make_synthetic_dataset", "CLASSES_2D", "ORGANS_3D"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,13 @@ def make_synthetic_2d(
                 (cy, cx), (ry, rx) = lungs[rng.integers(0, 2)]
                 c = (cy + rng.uniform(-0.5, 0.5) * ry, cx + rng.uniform(-0.4, 0.4) * rx)
                 if label == 1:
-                    rad = s * rng.uniform(0.04, 0.07)
+                    rad = s * rng.uniform(0.05, 0.08)
                     lesion = _blob((s, s), c, (rad, rad))
-                    img = img + 0.45 * lesion
+                    img = img + 0.5 * lesion
                 else:
-                    rad = s * rng.uniform(0.08, 0.12)
+                    rad = s * rng.uniform(0.09, 0.13)
                     lesion = _blob((s, s), c, (rad, rad * 0.8), rng, irregular=0.25)
-                    img = img + 0.22 * lesion * (0.7 + 0.3 * rng.random((s, s)))
+                    img = img + 0.3 * lesion * (0.7 + 0.3 * rng.random((s, s)))
                 mask = np.maximum(mask, (lesion > 0.2).astype(np.float32))
         img = img + 0.03 * rng.standard_normal((s, s))
         img8 = (np.clip(img, 0, 1) * 255).astype(np.uint8)
@@ -203,3 +203,25 @@ def make_synthetic_dataset(out_dir: str, kind: str = "2d", **kwargs) -> str:
     if kind == "3d":
         return make_synthetic_3d(out_dir, **kwargs)
     raise ValueError(f"unknown synthetic dataset kind {kind!r}: use '2d' or '3d'.")
+
+
+def lesion_batch(n: int, size: int = 32, seed: int = 0, radius=(3.0, 4.5), contrast: float = 1.0, noise: float = 0.3):
+    """In-memory toy lesion set: noise images, every second one with one bright disc (its class is 1).
+
+    Returns ``(images [n, 1, size, size], labels [n], lesions [n, 1, size, size])`` as torch tensors. The lesion is
+    the only class cue, which makes it a quick check that a model's attention has found it.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images = noise * torch.randn(n, 1, size, size, generator=g)
+    lesions = torch.zeros(n, 1, size, size)
+    labels = torch.arange(n) % 2
+    for i in range(1, n, 2):
+        cy, cx = torch.randint(4, size - 4, (2,), generator=g).tolist()
+        r = radius[0] + (radius[1] - radius[0]) * torch.rand(1, generator=g).item()
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < r**2
+        images[i, 0][disc] += contrast
+        lesions[i, 0][disc] = 1.0
+    return images, labels, lesions

@@ -1,0 +1,81 @@
+"""MSMAE attention maps: computed by the encoder being trained, cached per sample, refreshed every N epochs.
+
+The map of a sample is the last encoder block's CLS->patch softmax attention (each head min-max normalised to
+[0, 1], heads averaged; :meth:`~medmae_ext.networks.ViTEncoder.cls_attention`), computed in eval mode on the
+un-augmented image and stored on the patch grid. :class:`~medmae_ext.transforms.AttachAttentiond` turns it into
+an image-sized map *before* the random crop/flip, so the same dictionary transforms move image and map together,
+and :class:`~medmae_ext.engines.MAEPrepareBatch` averages the transformed map back to one weight per patch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .networks.patching import patch_weights
+
+__all__ = ["AttentionCache", "lesion_coverage"]
+
+logger = logging.getLogger(__name__)
+
+
+class AttentionCache:
+    """``{sample id: attention map on the patch grid}`` (CPU float tensors), plus the epoch it was computed at."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, torch.Tensor] = {}
+        self.epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __contains__(self, key) -> bool:
+        return str(key) in self.maps
+
+    def get(self, key) -> torch.Tensor | None:
+        return self.maps.get(str(key))
+
+    @torch.no_grad()
+    def refresh(self, network: torch.nn.Module, dataloader, device, image_key: str = "image", id_key: str = "id",
+                epoch: int | None = None) -> None:
+        """Recompute every map with ``network.encoder`` (a MaskedAutoencoder or ViTClassifier) in eval mode."""
+        net = getattr(network, "module", network)
+        encoder = net.encoder
+        was_training = net.training
+        net.eval()
+        maps: dict[str, torch.Tensor] = {}
+        try:
+            for batch in dataloader:
+                if id_key not in batch:
+                    raise KeyError(f"attention dataloader batches need an '{id_key}' per sample (keys: {sorted(batch)})")
+                att = encoder.cls_attention(batch[image_key].to(device))  # [B, N]
+                for sid, a in zip(batch[id_key], att.float().cpu()):
+                    maps[str(sid)] = a.reshape(encoder.grid)
+        finally:
+            net.train(was_training)
+        self.maps = maps
+        self.epoch = epoch
+        logger.info(f"attention maps refreshed for {len(maps)} samples (epoch {epoch})")
+
+
+@torch.no_grad()
+def lesion_coverage(encoder, images: torch.Tensor, lesions: torch.Tensor, masking, repeats: int = 20,
+                    use_attention: bool = True) -> float:
+    """Mean fraction of lesion pixels that fall inside *masked* patches.
+
+    ``lesions`` is a binary map shaped like ``images`` (one channel); samples without lesion are skipped.
+    With ``use_attention`` the masking draws from ``encoder.cls_attention(images)``, otherwise it gets no
+    weights (random masking)."""
+    keep = lesions.flatten(1).sum(1) > 0
+    images, lesions = images[keep], lesions[keep]
+    if not len(images):
+        raise ValueError("no sample with a lesion: lesion coverage is undefined")
+    per_patch = patch_weights(lesions.float(), encoder.patch_size)  # lesion fraction of each patch
+    weights = encoder.cls_attention(images) if use_attention else None
+    b, n = per_patch.shape
+    covered = [
+        (per_patch * masking(b, n, images.device, weights).indicator(n)).sum(1) / per_patch.sum(1)
+        for _ in range(repeats)
+    ]
+    return float(torch.stack(covered).mean())
