@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-__all__ = ["load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
+__all__ = ["image_list", "load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
 
 PATH_KEYS = ("image", "label", "mask", "lesion")
 
@@ -125,3 +125,15 @@ def load_medmnist_npz(path: str, split: str = "training", max_items: int | None 
         }
         for i in range(n)
     ]
+
+
+def image_list(input_dir: str, pattern: str = "*") -> list[dict]:
+    """``[{"image": path}]`` for the files of ``input_dir`` matching ``pattern`` (sorted), for inference."""
+    import glob
+
+    if not os.path.isdir(input_dir):
+        raise DatalistError(f"input folder not found: {input_dir}")
+    files = sorted(f for f in glob.glob(os.path.join(input_dir, pattern)) if os.path.isfile(f))
+    if not files:
+        raise DatalistError(f"no file matches {os.path.join(input_dir, pattern)}")
+    return [{"image": f, "id": os.path.basename(f)} for f in files]

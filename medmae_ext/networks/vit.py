@@ -68,6 +68,9 @@ class Block(TransformerBlock):
     ) -> None:
         super().__init__(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, save_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # MONAI always builds this LayerNorm; without cross-attention it is unused. Frozen, so that optimizers and
+        # DistributedDataParallel skip it; kept so that state dicts match monai.networks.nets.ViT.
+        self.norm_cross_attn.requires_grad_(False)
 
     def forward(
         self, x: torch.Tensor, context: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None

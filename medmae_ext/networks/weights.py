@@ -111,6 +111,11 @@ def load_pretrained_encoder(
     """
     if ckpt_path is None:
         return network
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(
+            f"pretrained checkpoint not found: {ckpt_path} (config id 'pretrained_ckpt': run mae_pretrain or "
+            "msmae_pretrain first, point it at their models/model.pt, or set it to None to train from scratch)"
+        )
     if target is None:
         target = "unetr" if hasattr(network, "vit") else "classifier" if hasattr(network, "encoder") else "vit"
     mapped = map_encoder_keys(encoder_state_dict(read_state_dict(ckpt_path, ckpt_key)), target)

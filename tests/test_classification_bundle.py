@@ -1,0 +1,188 @@
+"""vit_classification: fine-tune from a pretrained encoder, evaluate, inference, TorchScript export, MSMAE masked
+fine-tuning, multi-label, DDP."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, bundle_config, run_bundle
+from PIL import Image
+
+B = "vit_classification"
+FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, use_synthetic=False, val_interval=1)
+
+
+@pytest.fixture(scope="module")
+def mae_ckpt(tmp_path_factory):
+    """A mae_pretrain model.pt of the default 2D size (weights as initialised: plumbing, not quality)."""
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(bundle_config("mae_pretrain", "train.json"))
+    p["bundle_root"] = "."
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mae") / "model.pt"
+    torch.save(p.get_parsed_content("network_def").state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synth2d, mae_ckpt):
+    root = tmp_path_factory.mktemp("vitcls")
+    wf = run_bundle(B, "train.json", bundle_root=str(root), dataset_dir=synth2d, pretrained_ckpt=mae_ckpt, **FAST)
+    return root, wf
+
+
+def test_train_from_pretrained_encoder(trained, mae_ckpt):
+    root, wf = trained
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
+    assert os.path.isfile(root / "models" / "model.pt") and os.path.isfile(root / "models" / "checkpoint_1.pt")
+    sd = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert "head.weight" in sd and sd["head.weight"].shape == (3, 192)
+    # the optimizer decays the learning rate layer by layer: head fastest, patch embedding slowest
+    lrs = [g["initial_lr"] for g in wf.parser.get_parsed_content("optimizer").param_groups]
+    assert max(lrs) / min(lrs) == pytest.approx(0.75 ** -7, rel=1e-6)
+
+
+def _chain(exc):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def test_missing_pretrained_checkpoint_is_named(tmp_path, synth2d):
+    with pytest.raises(Exception) as info:
+        run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d,
+                   pretrained_ckpt=str(tmp_path / "nowhere" / "model.pt"), **FAST)
+    msgs = [str(e) for e in _chain(info.value) if isinstance(e, FileNotFoundError)]
+    assert msgs and "nowhere/model.pt" in msgs[0] and "'pretrained_ckpt'" in msgs[0]
+
+
+def test_evaluate_writes_report(trained, synth2d):
+    root, _ = trained
+    wf = run_bundle(B, "evaluate.json", run_id="evaluating", bundle_root=str(root), dataset_dir=synth2d,
+                    use_synthetic=False, num_workers=0)
+    m = json.load(open(root / "eval" / "test" / "metrics.json"))
+    assert m["num_samples"] == 9 and 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
+    assert set(m["per_class"]) == {"normal", "nodule", "opacity"}
+    assert np.asarray(m["confusion_matrix"]).sum() == 9
+    assert Image.open(root / "eval" / "test" / "confusion_matrix.png").size[0] > 200
+    assert wf.parser.get_parsed_content("evaluator").state.metrics["accuracy"] == m["accuracy"]
+
+
+def test_inference_writes_probability_csv(trained, synth2d):
+    root, _ = trained
+    run_bundle(B, "inference.json", run_id="run", bundle_root=str(root), input_dir=os.path.join(synth2d, "images"),
+               num_workers=0)
+    rows = list(csv.reader(open(root / "eval" / "predictions.csv")))
+    assert rows[0] == ["image", "normal", "nodule", "opacity", "predicted"] and len(rows) == 61
+    probs = np.array([[float(v) for v in r[1:4]] for r in rows[1:]])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert all(r[4] == ["normal", "nodule", "opacity"][int(np.argmax(p))] for r, p in zip(rows[1:], probs))
+
+
+def test_inference_on_empty_folder_names_it(tmp_path, trained):
+    from medmae_ext.data import DatalistError
+
+    root, _ = trained
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(Exception) as info:
+        run_bundle(B, "inference.json", run_id="run", bundle_root=str(root), input_dir=str(tmp_path / "empty"),
+                   num_workers=0)
+    msgs = [str(e) for e in _chain(info.value) if isinstance(e, DatalistError)]
+    assert msgs and "no file matches" in msgs[0] and "empty" in msgs[0]
+
+
+def test_ckpt_export_torchscript_matches(trained):
+    root, _ = trained
+    ts = root / "models" / "model.ts"
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
+           "--ckpt_file", str(root / "models" / "model.pt"), "--meta_file", bundle_config(B, "metadata.json"),
+           "--config_file", bundle_config(B, "inference.json"), "--bundle_root", str(root)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from monai.bundle import ConfigParser
+
+    scripted = torch.jit.load(str(ts))
+    p = ConfigParser()
+    p.read_config(bundle_config(B, "inference.json"))
+    p["bundle_root"] = str(root)
+    net = p.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
+
+
+def test_msmae_masked_finetuning_drops_tokens_in_training_only(tmp_path, synth2d, mae_ckpt):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=bundle_config(B, "train.json"), meta_file=bundle_config(B, "metadata.json"),
+                        logging_file=bundle_config(B, "logging.conf"), run_id="training", bundle_root=str(tmp_path),
+                        dataset_dir=synth2d, pretrained_ckpt=mae_ckpt, msmae_finetune=True,
+                        **{**FAST, "epochs": 2, "attention_interval": 1})
+    wf.initialize()
+    seen = {"train": [], "eval": []}
+    net = wf.parser.get_parsed_content("network")
+    net.encoder.blocks[0].register_forward_hook(
+        lambda m, i, o: seen["train" if m.training else "eval"].append(i[0].shape[1]))
+    wf.run()
+    cache = wf.parser.get_parsed_content("attention_cache")
+    assert len(cache) == 42 and cache.epoch == 1  # refreshed before epochs 0 and 1 (interval 1)
+    assert set(seen["train"]) == {1 + 16}  # CLS + 25% of 64 patches
+    assert 1 + 64 in set(seen["eval"])  # validation (and attention) use every token
+
+
+def test_train_from_scratch_and_multilabel_chestxray14(tmp_path):
+    from medmae_ext.data import CHESTXRAY14_CLASSES
+
+    rng = np.random.default_rng(0)
+    rows = ["Image Index,Finding Labels"]
+    for i in range(24):
+        name = f"{i:08d}_000.png"
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (80, 80), dtype=np.uint8)).save(tmp_path / "images" / name)
+        rows.append(f"{name},{['No Finding', 'Mass|Nodule', 'Effusion'][i % 3]}")
+    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows))
+    wf = run_bundle(B, "train.json", bundle_root=str(tmp_path / "b"), data_format="chestxray14",
+                    data_path=str(tmp_path / "Data_Entry_2017.csv"), data_kwargs={"image_dir": str(tmp_path / "images")},
+                    class_names=CHESTXRAY14_CLASSES, multi_label=True, pretrained_ckpt=None, **FAST)
+    assert isinstance(wf.parser.get_parsed_content("loss"), torch.nn.BCEWithLogitsLoss)
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
+    assert torch.load(tmp_path / "b" / "models" / "model.pt", weights_only=True)["head.weight"].shape[0] == 14
+
+
+def test_multi_gpu_config_runs_ddp_on_cpu(tmp_path, synth2d, mae_ckpt):
+    cfg = f"['{bundle_config(B, 'train.json')}','{bundle_config(B, 'multi_gpu_train.json')}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
+           "--config_file", cfg, "--meta_file", bundle_config(B, "metadata.json"), "--bundle_root", str(tmp_path),
+           "--dataset_dir", synth2d, "--use_synthetic", "False", "--pretrained_ckpt", mae_ckpt, "--epochs", "1",
+           "--epoch_length", "2", "--batch_size", "4", "--num_workers", "0", "--val_interval", "1"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    sd = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in sd)  # saved unwrapped, loadable without DDP
+
+
+def test_classification_report_numbers(tmp_path):
+    from types import SimpleNamespace
+
+    from medmae_ext.handlers import ClassificationReport
+
+    rep = ClassificationReport(str(tmp_path), ["a", "b"])
+    rep._reset(None)
+    preds = [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]
+    labels = [[1, 0], [1, 0], [0, 1], [0, 1]]
+    engine = SimpleNamespace(state=SimpleNamespace(output=[{"pred": torch.tensor(p), "label": torch.tensor(y)}
+                                                           for p, y in zip(preds, labels)], metrics={}))
+    rep._collect(engine)
+    m = rep(engine)
+    assert m["accuracy"] == 0.75 and m["confusion_matrix"] == [[2, 0], [1, 1]]
+    assert m["per_class"]["a"]["f1"] == pytest.approx(0.8) and m["per_class"]["b"]["f1"] == pytest.approx(2 / 3)
+    assert m["mean_auc"] == pytest.approx(1.0) and engine.state.metrics["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
