@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Spacingd
 from monai.transforms.traits import RandomizableTrait
 
-__all__ = ["ValidateImaged", "AttachAttentiond", "source_of"]
+__all__ = ["ValidateImaged", "AttachAttentiond", "LabelSafeSpacingd", "source_of"]
 
 
 def source_of(data: dict, key: str) -> str:
@@ -97,3 +97,20 @@ class AttachAttentiond(MapTransform, RandomizableTrait):
             full = full.repeat_interleave(s // g, dim=axis)
         d[self.attention_key] = full.unsqueeze(0).float()
         return d
+
+
+class LabelSafeSpacingd(Spacingd):
+    """MONAI ``Spacingd`` that tolerates non-dict ``<key>_*`` entries such as MONAI Label's ``image_path``.
+
+    MONAI 1.6.1's ``Spacingd`` treats every ``<key>_*`` entry of a NIfTI item as a meta dict and calls ``.update`` on
+    it; MONAI Label adds the string ``image_path`` to each request, so the plain transform fails inside MONAI Label.
+    This one sets such entries aside for the call and puts them back unchanged.
+    """
+
+    def __call__(self, data, lazy=None):
+        d = dict(data)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and any(k.startswith(f"{key}_") for key in self.keys)
+                 and not isinstance(d[k], dict)}
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out

@@ -32,19 +32,8 @@ def bundle_config(bundle: str, name: str) -> str:
     return os.path.join(BUNDLES, bundle, "configs", name)
 
 
-def run_bundle(bundle: str, config: str, run_id: str = "training", **override):
+def run_bundle(bundle: str, config, run_id: str = "training", **override):
     """Run a bundle config in-process, like `python -m monai.bundle run <run_id> --config_file ...`."""
-    from monai.bundle import ConfigWorkflow
+    from medmae_ext.workflow import run_bundle_config
 
-    files = [bundle_config(bundle, c) for c in ([config] if isinstance(config, str) else config)]
-    wf = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=bundle_config(bundle, "metadata.json"),
-        logging_file=bundle_config(bundle, "logging.conf"),
-        run_id=run_id,
-        **override,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_bundle_config(os.path.join(BUNDLES, bundle, "configs"), config, run_id, **override)

@@ -31,7 +31,7 @@ def test_train_3d_two_iterations(tmp_path, synth3d):
     out = trainer.state.output
     assert out["image"].shape == (2, 1, 64, 64, 64)  # batch 1 x 2 crops
     assert out["pred"]["mask"].sum(1).eq(48).all()  # 75% of 4x4x4 patches
-    assert os.path.isfile(tmp_path / "models" / "model.pt")
+    assert os.path.isfile(tmp_path / "models" / "3d" / "model.pt")  # 3D weights apart from the 2D ones
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path, synth2d):
