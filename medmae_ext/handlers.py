@@ -1,4 +1,5 @@
-"""Ignite handlers for the medmae bundles: atomic checkpoints with resume, and reconstruction pictures."""
+"""Ignite handlers for the medmae bundles: atomic checkpoints and resume, best-model saving, reconstruction
+pictures, MSMAE attention refresh, classification reports and prediction CSVs."""
 
 from __future__ import annotations
 
@@ -15,19 +16,28 @@ from monai.handlers import CheckpointLoader
 
 from .networks.patching import patchify, unpatchify
 
-__all__ = ["AttentionRefresher", "BestModelSaver", "ProbabilityCSVSaver", "ClassificationReport", "AtomicCheckpointSaver", "ResumeCheckpointLoader", "latest_checkpoint", "ReconstructionSaver", "reconstruction_panel"]
+__all__ = [
+    "AtomicCheckpointSaver", "AttentionRefresher", "BestModelSaver", "ClassificationReport", "ProbabilityCSVSaver",
+    "ReconstructionSaver", "ResumeCheckpointLoader", "latest_checkpoint", "reconstruction_panel",
+]
 
 logger = logging.getLogger(__name__)
 
 _CKPT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
 
 
+def _checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """``(epoch, path)`` of every ``checkpoint_<epoch>.pt`` in ``ckpt_dir``, oldest first."""
+    paths = glob.glob(os.path.join(ckpt_dir, "checkpoint_*.pt"))
+    return sorted((int(m.group(1)), p) for p in paths if (m := _CKPT_RE.search(p)))
+
+
 def latest_checkpoint(ckpt_dir: str) -> str | None:
     """Newest ``checkpoint_<epoch>.pt`` in ``ckpt_dir`` (written by :class:`AtomicCheckpointSaver`), or None."""
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(ckpt_dir, "checkpoint_*.pt")) if (m := _CKPT_RE.search(p))]
+    found = _checkpoints(ckpt_dir)
     if not found:
         return None
-    path = max(found)[1]
+    path = found[-1][1]
     logger.info(f"resuming from {path}")
     return path
 
@@ -102,11 +112,7 @@ class AtomicCheckpointSaver:
 
         if idist.get_rank() != 0:  # only rank 0 writes (ignite's DiskSaver), so only rank 0 prunes
             return
-        found = sorted(
-            (int(m.group(1)), p)
-            for p in glob.glob(os.path.join(self.save_dir, "checkpoint_*.pt"))
-            if (m := _CKPT_RE.search(p))
-        )
+        found = _checkpoints(self.save_dir)
         for _, p in found[: max(0, len(found) - self.n_saved)]:
             os.remove(p)
 

@@ -37,3 +37,16 @@ def run_bundle(bundle: str, config, run_id: str = "training", **override):
     from medmae_ext.workflow import run_bundle_config
 
     return run_bundle_config(os.path.join(BUNDLES, bundle, "configs"), config, run_id, **override)
+
+
+def initial_weights(tmp_path_factory, bundle: str, config: str) -> str:
+    """``model.pt`` of a bundle's ``network_def`` as initialised (seed 0): checks plumbing, not quality."""
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(bundle_config(bundle, config))
+    p["bundle_root"] = "."
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(f"{bundle}_init") / "model.pt"
+    torch.save(p.get_parsed_content("network_def").state_dict(), path)
+    return str(path)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, bundle_config, run_bundle
+from conftest import REPO, bundle_config, initial_weights, run_bundle
 from PIL import Image
 
 B = "vit_classification"
@@ -19,16 +19,8 @@ FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, use_synthetic
 
 @pytest.fixture(scope="module")
 def mae_ckpt(tmp_path_factory):
-    """A mae_pretrain model.pt of the default 2D size (weights as initialised: plumbing, not quality)."""
-    from monai.bundle import ConfigParser
-
-    p = ConfigParser()
-    p.read_config(bundle_config("mae_pretrain", "train.json"))
-    p["bundle_root"] = "."
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("mae") / "model.pt"
-    torch.save(p.get_parsed_content("network_def").state_dict(), path)
-    return str(path)
+    """A mae_pretrain model.pt of the default 2D size."""
+    return initial_weights(tmp_path_factory, "mae_pretrain", "train.json")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLES, bundle_config, run_bundle
+from conftest import BUNDLES, bundle_config, initial_weights, run_bundle
 
 B = "unetr_segmentation"
 FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=1, num_samples=2, use_synthetic=False, val_interval=1,
@@ -21,16 +21,8 @@ FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=1, num_samples=2
 
 @pytest.fixture(scope="module")
 def mae3d_ckpt(tmp_path_factory):
-    """A mae_pretrain/train_3d.json model.pt (as initialised: this checks plumbing, not quality)."""
-    from monai.bundle import ConfigParser
-
-    p = ConfigParser()
-    p.read_config(bundle_config("mae_pretrain", "train_3d.json"))
-    p["bundle_root"] = "."
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("mae3d") / "model.pt"
-    torch.save(p.get_parsed_content("network_def").state_dict(), path)
-    return str(path)
+    """A mae_pretrain/train_3d.json model.pt."""
+    return initial_weights(tmp_path_factory, "mae_pretrain", "train_3d.json")
 
 
 @pytest.fixture(scope="module")
