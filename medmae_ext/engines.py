@@ -8,12 +8,13 @@ trainer subclass is needed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from monai.engines import PrepareBatch
 
-from .networks.patching import patch_weights
+from .networks.patching import grid_shape, patch_weights
 
 __all__ = ["MAEPrepareBatch", "TokenDropPrepareBatch"]
 
@@ -74,11 +75,10 @@ class TokenDropPrepareBatch(MAEPrepareBatch):
         self.masking = masking
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
-        image, target, _, _ = super().__call__(batchdata, device, non_blocking, **kwargs)
+        image, target, _, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
         label = target.get("label")
         if self.masking is None:
             return image, label, (), {}
-        grid = [s // p for s, p in zip(image.shape[2:], self.patch_size)]
-        n = int(torch.tensor(grid).prod())
-        plan = self.masking(image.shape[0], n, image.device, self.weights(batchdata, device, non_blocking, **kwargs))
+        n = math.prod(grid_shape(image.shape[2:], self.patch_size))
+        plan = self.masking(image.shape[0], n, image.device, extra.get("weights"))
         return image, label, (), {"keep": plan.visible}
