@@ -47,6 +47,25 @@ def test_network_starts_from_the_pretrained_encoder(synth3d, mae3d_ckpt):
     assert net.vit.patch_embedding.position_embeddings.requires_grad  # fine-tuned, not frozen
 
 
+def _initial_unetr(synth3d, seed):
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(bundle_config(B, "train.json"))
+    p.update({"bundle_root": ".", "pretrained_ckpt": None, "device": "$torch.device('cpu')", "seed": seed,
+              "use_synthetic": False, "dataset_dir": synth3d})
+    p.get_parsed_content("initialize")  # set_determinism(seed=@seed), as the workflow does before building
+    return p.get_parsed_content("network").state_dict()
+
+
+def test_seed_fixes_the_initial_weights(synth3d):
+    a, b, c = _initial_unetr(synth3d, 0), _initial_unetr(synth3d, 0), _initial_unetr(synth3d, 1)
+    key = "decoder2.transp_conv.conv.weight"
+    vit = "vit.blocks.0.attn.qkv.weight"
+    assert torch.equal(a[key], b[key]) and torch.equal(a[vit], b[vit])
+    assert not torch.equal(a[key], c[key])
+
+
 def test_train_two_iterations_and_best_model(trained):
     root, wf = trained
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
