@@ -75,8 +75,8 @@ def main(work_dir: str = "runs/unetr", epochs: int = 50, feature_size: int = 8, 
         organs = [statistics.mean(r[1][i] for r in runs) for i in range(len(ORGANS))]
         print(f"| {name} | " + " | ".join(f"{b:.3f}" for b in bests) + f" | {statistics.mean(bests):.3f} | "
               + " | ".join(f"{o:.3f}" for o in organs) + f" | {statistics.mean(r[2] for r in runs):.0f} s |")
-    wins = sum(m[0] > s[0] for s, m in zip(results["scratch"], results["MAE self-pretrained"]))
-    print(f"\nMAE-initialised better than scratch in {wins} of {len(seeds)} seeds.")
+    diffs = [m[0] - s[0] for s, m in zip(results["scratch"], results["MAE self-pretrained"])]
+    print("\nMAE-initialised minus scratch, best mean Dice per seed: " + ", ".join(f"{d:+.3f}" for d in diffs))
 
 
 if __name__ == "__main__":
