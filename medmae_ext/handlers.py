@@ -290,17 +290,16 @@ class ClassificationReport:
             has_both = 0 < y[:, k].sum() < len(y)
             auc.append(float(compute_roc_auc(prob[:, k], y[:, k])) if has_both else float("nan"))
         if self.multi_label:
-            hard, truth = (prob >= self.threshold).float(), y
+            hard = (prob >= self.threshold).float()
         else:
             hard = torch.nn.functional.one_hot(prob.argmax(1), c).float()
-            truth = y
-        tp = (hard * truth).sum(0)
-        f1 = (2 * tp / (hard.sum(0) + truth.sum(0)).clamp_min(1e-8)).tolist()
-        support = truth.sum(0).tolist()
+        tp = (hard * y).sum(0)
+        f1 = (2 * tp / (hard.sum(0) + y.sum(0)).clamp_min(1e-8)).tolist()
+        support = y.sum(0).tolist()
         valid_auc = [a for a in auc if a == a]
         metrics = {
             "num_samples": len(y),
-            "accuracy": float((hard == truth).all(1).float().mean()),
+            "accuracy": float((hard == y).all(1).float().mean()),
             "macro_f1": float(np.mean(f1)),
             "mean_auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
             "per_class": {n: {"auc": a, "f1": f, "support": int(s)} for n, a, f, s in zip(names, auc, f1, support)},
