@@ -13,9 +13,11 @@ import logging
 
 import torch
 
+from ignite.engine import Engine, Events
+
 from .networks.patching import patch_weights
 
-__all__ = ["AttentionCache", "lesion_coverage"]
+__all__ = ["AttentionCache", "AttentionRefresher", "lesion_coverage"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +81,47 @@ def lesion_coverage(encoder, images: torch.Tensor, lesions: torch.Tensor, maskin
         for _ in range(repeats)
     ]
     return float(torch.stack(covered).mean())
+
+
+class AttentionRefresher:
+    """MSMAE: recompute the per-sample attention maps of ``cache`` with the network being trained.
+
+    At the start of epoch ``e`` (0-based) the maps are refreshed when ``e >= start_epoch`` and
+    ``(e - start_epoch) % interval == 0`` -- and at the first epoch of a resumed run past ``start_epoch``, since
+    the cache is not checkpointed. Before ``start_epoch`` the cache stays empty and masking is random.
+    Paper values: start 40, interval 40 (pretraining); start 0, interval 20 (fine-tuning).
+    """
+
+    def __init__(self, cache, dataloader, start_epoch: int = 40, interval: int = 40, image_key: str = "image",
+                 id_key: str = "id") -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.cache = cache
+        self.dataloader = dataloader
+        self.start_epoch = start_epoch
+        self.interval = interval
+        self.image_key = image_key
+        self.id_key = id_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+        engine.add_event_handler(Events.STARTED, self._check_reachable)
+
+    def _check_reachable(self, engine: Engine) -> None:
+        if self.start_epoch >= engine.state.max_epochs:
+            logger.warning(
+                f"attention_start_epoch={self.start_epoch} but the run has only {engine.state.max_epochs} epochs: "
+                "attention masking never starts and every batch is masked at random (plain MAE). Lower "
+                "--attention_start_epoch or raise --epochs."
+            )
+
+    def due(self, epoch0: int) -> bool:
+        if epoch0 < self.start_epoch:
+            return False
+        return (epoch0 - self.start_epoch) % self.interval == 0 or not len(self.cache)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch0 = engine.state.epoch - 1  # ignite has already counted the epoch that is starting
+        if self.due(epoch0):
+            self.cache.refresh(engine.network, self.dataloader, engine.state.device, self.image_key, self.id_key,
+                               epoch=epoch0)

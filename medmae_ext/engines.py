@@ -16,7 +16,7 @@ from monai.engines import PrepareBatch
 
 from .networks.patching import grid_shape, patch_weights
 
-__all__ = ["MAEPrepareBatch", "TokenDropPrepareBatch"]
+__all__ = ["MAEPrepareBatch", "TokenDropPrepareBatch", "autocast_iteration"]
 
 
 def _to(x, device, non_blocking, **kwargs):
@@ -82,3 +82,25 @@ class TokenDropPrepareBatch(MAEPrepareBatch):
         n = math.prod(grid_shape(image.shape[2:], self.patch_size))
         plan = self.masking(image.shape[0], n, image.device, extra.get("weights"))
         return image, label, (), {"keep": plan.visible}
+
+
+def autocast_iteration(device, amp: bool, dtype: str = "bfloat16"):
+    """``iteration_update`` for MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator`` that gives ``amp`` a meaning
+    off CUDA.
+
+    MONAI's engines implement ``amp=True`` as ``torch.autocast("cuda")`` + a CUDA ``GradScaler``, which does nothing
+    on another device. Returns ``None`` (the engine's own iteration, MONAI's AMP) when ``amp`` is off or the device is
+    CUDA; otherwise an iteration function that runs the engine's own ``_iteration`` under
+    ``torch.autocast(device.type, dtype)`` -- CPU bf16, the path the tests use to exercise mixed precision without a
+    GPU. Bundle configs pass ``amp`` to the engine only on CUDA and this function everywhere else.
+    """
+    device = torch.device(device)
+    if not amp or device.type == "cuda":
+        return None
+    cast = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+    def iteration(engine, batchdata):
+        with torch.autocast(device.type, dtype=cast):
+            return type(engine)._iteration(engine, batchdata)
+
+    return iteration

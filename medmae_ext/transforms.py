@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImaged as _MonaiLoadImaged
 from monai.transforms import MapTransform, Spacingd
 from monai.transforms.traits import RandomizableTrait
 
-__all__ = ["ValidateImaged", "AttachAttentiond", "LabelSafeSpacingd", "source_of"]
+__all__ = ["LoadImaged", "ValidateImaged", "AttachAttentiond", "LabelSafeSpacingd", "source_of"]
 
 
 def source_of(data: dict, key: str) -> str:
@@ -16,6 +18,29 @@ def source_of(data: dict, key: str) -> str:
     meta = getattr(data.get(key), "meta", None) or {}
     src = meta.get("filename_or_obj") or data.get("id")
     return f"'{src}'" if src else "(in-memory item)"
+
+
+class LoadImaged(_MonaiLoadImaged):
+    """MONAI ``LoadImaged`` that also takes items whose image is already an array (MedMNIST ``.npz``, in-memory sets).
+
+    A file path (or a DICOM series folder) is loaded by MONAI as usual. An array or tensor is taken as it is -- it
+    must be channel first, as :func:`medmae_ext.data.load_medmnist_npz` makes it -- and wrapped in a ``MetaTensor``
+    whose ``filename_or_obj`` is the item's ``id``, so every later transform and error message sees the same thing
+    whichever reader made the item. The bundles' transform chains therefore work unchanged for every ``data_format``.
+    """
+
+    def __call__(self, data, reader=None):
+        d = dict(data)
+        arrays = [k for k in self.key_iterator(d) if isinstance(d[k], (np.ndarray, torch.Tensor))]
+        if not arrays:
+            return super().__call__(d, reader)
+        others = [k for k in self.key_iterator(d) if k not in arrays]
+        if others:
+            raise TypeError(f"{source_of(d, arrays[0])}: {arrays} are arrays but {others} are not: give every key of "
+                            "an item as a file path, or every key as an array.")
+        for k in arrays:
+            d[k] = MetaTensor(torch.as_tensor(np.asarray(d[k])), meta={"filename_or_obj": str(d.get("id", k))})
+        return d
 
 
 class ValidateImaged(MapTransform):

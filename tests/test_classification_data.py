@@ -75,8 +75,8 @@ def test_ham10000_groups_lesions_and_finds_images_in_parts(tmp_path):
 def test_messidor2_skips_ungradable_and_checks_grades(tmp_path):
     for i in range(6):
         _png(str(tmp_path / "IMAGES" / f"20051020_{i}.png"), 3)
-    rows = ["image_id,adjudicated_dr_grade,adjudicated_gradable"] + [f"20051020_{i}.png,{i % 5},1" for i in range(5)]
-    rows.append("20051020_5.png,,0")
+    rows = ["image_id,adjudicated_dr_grade,adjudicated_gradable,patient_id"]
+    rows += [f"20051020_{i}.png,{i % 5},1,p{i // 2}" for i in range(5)] + ["20051020_5.png,,0,p2"]
     (tmp_path / "messidor_data.csv").write_text("\n".join(rows))
     allitems = [i for s in ("training", "validation", "test")
                 for i in messidor2_csv(str(tmp_path / "messidor_data.csv"), str(tmp_path / "IMAGES"), s)]
@@ -93,10 +93,103 @@ def test_image_folder_training_testing_layout(tmp_path):
                 _png(str(tmp_path / split / c / f"{c}_{i}.jpg"))
     test = image_folder(str(tmp_path), "test")
     assert len(test) == 12 and {t["label"] for t in test} == {0, 1, 2, 3}
-    tr, va = image_folder(str(tmp_path), "training"), image_folder(str(tmp_path), "validation")
+    tr, va = (image_folder(str(tmp_path), s, split_by="image") for s in ("training", "validation"))
     assert len(tr) + len(va) == 40 and len(va) == 6
     assert classification_datalist("folder", str(tmp_path), "test") == test
     with pytest.raises(DatalistError, match="image folder not found"):
         image_folder(str(tmp_path / "nope"))
     with pytest.raises(DatalistError, match="unknown data_format 'xlsx'"):
         classification_datalist("xlsx", str(tmp_path))
+
+
+def _patients(items):
+    return {i["patient"] for i in items}
+
+
+def test_chestxray14_without_official_split_is_split_by_patient(tmp_path):
+    rows = ["Image Index,Finding Labels,Patient ID"]
+    for p in range(50):
+        for k in range(3):  # three follow-up images per patient
+            name = f"{p:08d}_{k:03d}.png"
+            _png(str(tmp_path / "images" / name))
+            rows.append(f"{name},{['No Finding', 'Mass'][p % 2]},{p}")
+    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows))
+    parts = {s: chestxray14_csv(str(tmp_path / "Data_Entry_2017.csv"), str(tmp_path / "images"), s)
+             for s in ("training", "validation", "test")}
+    assert sum(len(v) for v in parts.values()) == 150
+    assert not _patients(parts["training"]) & _patients(parts["test"])
+    assert not _patients(parts["training"]) & _patients(parts["validation"])
+    assert not _patients(parts["validation"]) & _patients(parts["test"])
+    assert all(len(v) % 3 == 0 for v in parts.values())  # whole patients only
+
+
+def test_messidor2_and_folder_need_a_patient_id_or_an_explicit_image_split(tmp_path):
+    rows = ["image_id,adjudicated_dr_grade"]
+    for p in range(20):
+        for eye in ("L", "R"):
+            name = f"P{p:03d}_{eye}.png"
+            _png(str(tmp_path / "IMAGES" / name), 3)
+            rows.append(f"{name},{p % 5}")
+    (tmp_path / "m.csv").write_text("\n".join(rows))
+    csv_path, img = str(tmp_path / "m.csv"), str(tmp_path / "IMAGES")
+    with pytest.raises(DatalistError, match="cannot split by patient.*group_column.*split_by"):
+        messidor2_csv(csv_path, img)
+    parts = {s: messidor2_csv(csv_path, img, s, group_pattern=r"^(P\d+)_") for s in ("training", "validation", "test")}
+    assert sum(len(v) for v in parts.values()) == 40 and all(len(v) % 2 == 0 for v in parts.values())
+    assert not _patients(parts["training"]) & (_patients(parts["test"]) | _patients(parts["validation"]))
+    assert len(messidor2_csv(csv_path, img, "training", split_by="image")) > 0  # explicit opt-out works
+    with pytest.raises(DatalistError, match="does not match group_pattern"):
+        messidor2_csv(csv_path, img, group_pattern=r"^patient(\d+)")
+    for c in ("a", "b"):
+        for p in range(10):
+            for k in range(3):
+                _png(str(tmp_path / "folder" / c / f"{c}{p}_slice{k}.png"))
+    with pytest.raises(DatalistError, match="cannot split by patient"):
+        image_folder(str(tmp_path / "folder"))
+    parts = {s: image_folder(str(tmp_path / "folder"), s, group_pattern=r"^(\w+?)_") for s in ("training", "test")}
+    assert not _patients(parts["training"]) & _patients(parts["test"])
+    assert all(len(v) % 3 == 0 for v in parts.values())
+
+
+def test_medmnist_npz_has_the_orientation_of_the_png_loader(tmp_path):
+    from medmae_ext.data import load_medmnist_npz
+    from monai.transforms import LoadImage
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (2, 28, 20), dtype=np.uint8)  # not square: a transpose cannot hide
+    img[:, :3, :] = 255  # a bright top band
+    np.savez(tmp_path / "x.npz", train_images=img, train_labels=np.array([[0], [1]]))
+    Image.fromarray(img[1]).save(tmp_path / "x1.png")
+    from_npz = load_medmnist_npz(str(tmp_path / "x.npz"), "training")[1]["image"]
+    from_png = np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "x1.png")))
+    assert from_npz.shape == from_png.shape == (1, 20, 28)
+    np.testing.assert_allclose(from_npz, from_png / 255.0)
+
+
+def test_check_labels_names_the_item_and_the_fix():
+    from medmae_ext.data import check_labels
+
+    items = [{"id": f"s{i}", "image": f"/d/s{i}.png", "label": i % 2} for i in range(6)]
+    assert check_labels(items, 2) is items
+    with pytest.raises(DatalistError, match=r"classes \[0, 1\] but the network has 3 outputs.*--class_names"):
+        check_labels(items, 3, class_names=["normal", "nodule", "opacity"])
+    with pytest.raises(DatalistError, match=r"item 2 \(id=s2, image=/d/s2.png\): label 7 is outside 0..1"):
+        check_labels(items[:2] + [{"id": "s2", "image": "/d/s2.png", "label": 7}], 2)
+    with pytest.raises(DatalistError, match="label 'pneumonia' is not a class index"):
+        check_labels([{"id": "x", "label": "pneumonia"}], 2)
+    with pytest.raises(DatalistError, match="has no 'label'"):
+        check_labels([{"id": "x"}], 2)
+    with pytest.raises(DatalistError, match="multi-hot label"):
+        check_labels([{"id": "x", "label": [1, 0]}], 3, multi_label=True)
+
+
+def test_image_list_takes_dicom_series_folders(tmp_path):
+    from medmae_ext.data import image_list
+
+    series = tmp_path / "in" / "patient7_ct"
+    series.mkdir(parents=True)
+    for k in range(2):
+        (series / f"slice{k}").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    (tmp_path / "in" / "a.nii.gz").write_bytes(b"x")
+    assert [i["id"] for i in image_list(str(tmp_path / "in"), "*")] == ["a.nii.gz", "patient7_ct"]
+    assert image_list(str(series)) == [{"image": str(series), "id": "patient7_ct"}]

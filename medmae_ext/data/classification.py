@@ -8,16 +8,18 @@ without an official split are split deterministically by :func:`split_items`.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
+import re
 
 import numpy as np
 
-from .readers import DatalistError, check_files, load_datalist, load_medmnist_npz
+from .readers import DatalistError, check_files, image_list, load_datalist, load_medmnist_npz
 
 __all__ = [
     "CHESTXRAY14_CLASSES", "HAM10000_CLASSES", "split_items", "chestxray14_csv", "ham10000_csv", "messidor2_csv",
-    "image_folder", "classification_datalist",
+    "image_folder", "classification_datalist", "dataset_items", "check_labels",
 ]
 
 CHESTXRAY14_CLASSES = [
@@ -28,16 +30,61 @@ HAM10000_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 SPLITS = ("training", "validation", "test")
 
+logger = logging.getLogger(__name__)
 
-def split_items(items: list[dict], split: str, val_frac: float = 0.15, test_frac: float = 0.15, seed: int = 0):
-    """Deterministic shuffle-and-cut of ``items`` into training / validation / test."""
+
+def split_items(items: list[dict], split: str, val_frac: float = 0.15, test_frac: float = 0.15, seed: int = 0,
+                group_key: str | None = None):
+    """Deterministic shuffle-and-cut of ``items`` into training / validation / test.
+
+    With ``group_key`` the *groups* (patients, lesions) are shuffled and cut, so that all items of one patient land
+    in one split; the fractions then count groups. Items keep their input order within a split.
+    """
     if split not in SPLITS:
         raise DatalistError(f"unknown split {split!r}: use one of {SPLITS}")
-    order = list(range(len(items)))
+    groups = [str(it[group_key]) for it in items] if group_key else [str(i) for i in range(len(items))]
+    unique = list(dict.fromkeys(groups))  # first-seen order: deterministic for a given file
+    order = list(range(len(unique)))
     random.Random(seed).shuffle(order)
-    n_val, n_test = int(round(len(items) * val_frac)), int(round(len(items) * test_frac))
-    cut = {"validation": order[:n_val], "test": order[n_val:n_val + n_test], "training": order[n_val + n_test:]}
-    return [items[i] for i in sorted(cut[split])]
+    n_val, n_test = int(round(len(unique) * val_frac)), int(round(len(unique) * test_frac))
+    where = {}
+    for rank, g in enumerate(order):
+        where[unique[g]] = "validation" if rank < n_val else "test" if rank < n_val + n_test else "training"
+    return [it for it, g in zip(items, groups) if where[g] == split]
+
+
+def _group_by(items: list[dict], source: str, group_column: str | None, group_pattern: str | None,
+              split_by: str | None, rows: list[dict] | None = None) -> str | None:
+    """Give every item a ``patient`` entry (from a CSV column or a file-name pattern) and return the key to split
+    on, or None where the user chose image-level splits (``split_by="image"``). Without any of these a clear error:
+    splitting the images of one patient across training and test inflates every test figure."""
+    if split_by == "image":
+        logger.warning(f"{source}: split per image (split_by='image'): images of one patient may be in several splits")
+        return None
+    if split_by not in (None, "patient"):
+        raise DatalistError(f"{source}: split_by must be 'patient' or 'image', got {split_by!r}")
+    if group_column:
+        if rows is None or group_column not in rows[0]:
+            raise DatalistError(f"{source} has no column {group_column!r} (data_kwargs 'group_column')")
+        for it, r in zip(items, rows):
+            it["patient"] = r[group_column].strip()
+        return "patient"
+    if group_pattern:
+        pat = re.compile(group_pattern)
+        for it in items:
+            m = pat.search(os.path.basename(str(it["image"])))
+            if not m:
+                raise DatalistError(
+                    f"{source}: file name {os.path.basename(str(it['image']))!r} does not match group_pattern "
+                    f"{group_pattern!r} (data_kwargs 'group_pattern')"
+                )
+            it["patient"] = m.group(1) if m.groups() else m.group(0)
+        return "patient"
+    raise DatalistError(
+        f"{source}: cannot split by patient -- no patient id. Pass data_kwargs {{'group_column': '<CSV column>'}} or "
+        "{'group_pattern': '<regex whose first group is the patient id in the file name>'}, or "
+        "{'split_by': 'image'} to accept image-level splits (images of one patient may then be in training and test)."
+    )
 
 
 def _read_csv(path: str, required: list[str]) -> list[dict]:
@@ -67,7 +114,8 @@ def chestxray14_csv(csv_path: str, image_dir: str, split: str = "training", spli
     """NIH ChestX-ray14 ``Data_Entry_2017.csv`` (``Image Index``, ``Finding Labels`` = ``A|B`` or ``No Finding``):
     multi-label items with a 14-dim multi-hot ``label``. With ``split_dir`` holding the official
     ``train_val_list.txt`` / ``test_list.txt``, ``test`` is the official test list and ``validation`` a seeded
-    ``val_frac`` of train_val; otherwise everything is split by :func:`split_items`."""
+    ``val_frac`` of train_val's *patients*; otherwise everything is split by patient with :func:`split_items`.
+    The patient is the ``Patient ID`` column, or the 8-digit prefix of ``Image Index`` (NIH's naming)."""
     rows = _read_csv(csv_path, ["Image Index", "Finding Labels"])
     items = []
     for i, r in enumerate(rows):
@@ -78,7 +126,9 @@ def chestxray14_csv(csv_path: str, image_dir: str, split: str = "training", spli
         label = np.zeros(len(CHESTXRAY14_CLASSES), np.float32)
         for f in findings:
             label[CHESTXRAY14_CLASSES.index(f)] = 1.0
-        items.append({"image": os.path.join(image_dir, r["Image Index"]), "label": label, "id": r["Image Index"]})
+        patient = (r.get("Patient ID") or "").strip() or r["Image Index"].split("_")[0]
+        items.append({"image": os.path.join(image_dir, r["Image Index"]), "label": label, "id": r["Image Index"],
+                      "patient": patient})
     if split_dir:
         lists = {}
         for name in ("train_val_list.txt", "test_list.txt"):
@@ -90,13 +140,13 @@ def chestxray14_csv(csv_path: str, image_dir: str, split: str = "training", spli
             chosen = [it for it in items if it["id"] in lists["test_list.txt"]]
         else:
             tv = [it for it in items if it["id"] in lists["train_val_list.txt"]]
-            parts = {"validation": split_items(tv, "validation", val_frac, 0.0, seed),
-                     "training": split_items(tv, "training", val_frac, 0.0, seed)}
+            parts = {"validation": split_items(tv, "validation", val_frac, 0.0, seed, "patient"),
+                     "training": split_items(tv, "training", val_frac, 0.0, seed, "patient")}
             if split not in parts:
                 raise DatalistError(f"unknown split {split!r}: use one of {SPLITS}")
             chosen = parts[split]
     else:
-        chosen = split_items(items, split, val_frac, 0.2, seed)
+        chosen = split_items(items, split, val_frac, 0.2, seed, "patient")
     return check_files(chosen, csv_path)
 
 
@@ -120,11 +170,19 @@ def ham10000_csv(csv_path: str, image_dirs, split: str = "training", seed: int =
     return [{k: v for k, v in it.items() if k != "group"} for it in items if it["group"] in keep]
 
 
-def messidor2_csv(csv_path: str, image_dir: str, split: str = "training", seed: int = 0) -> list[dict]:
+def messidor2_csv(csv_path: str, image_dir: str, split: str = "training", seed: int = 0,
+                  group_column: str | None = None, group_pattern: str | None = None,
+                  split_by: str | None = None) -> list[dict]:
     """Messidor-2 adjudicated grades (``messidor_data.csv``: ``image_id``, ``adjudicated_dr_grade`` 0-4,
-    ``adjudicated_gradable``); ungradable images (grade empty or gradable 0) are left out."""
+    ``adjudicated_gradable``); ungradable images (grade empty or gradable 0) are left out.
+
+    Messidor-2 has two images (eyes) per examination; the split is by patient: a ``patient_id`` column when the CSV
+    has one, else ``group_column`` / ``group_pattern`` (see :func:`_group_by`), else an error -- or
+    ``split_by="image"`` to accept image-level splits knowingly."""
     rows = _read_csv(csv_path, ["image_id", "adjudicated_dr_grade"])
-    items = []
+    if group_column is None and group_pattern is None and "patient_id" in rows[0]:
+        group_column = "patient_id"
+    items, kept = [], []
     for i, r in enumerate(rows):
         grade = (r["adjudicated_dr_grade"] or "").strip()
         if not grade or (r.get("adjudicated_gradable", "1").strip() == "0"):
@@ -140,13 +198,20 @@ def messidor2_csv(csv_path: str, image_dir: str, split: str = "training", seed: 
         if path is None:
             raise DatalistError(f"{csv_path} row {i + 2}: image '{r['image_id']}' not found in {image_dir}")
         items.append({"image": path, "label": g, "id": r["image_id"]})
-    return split_items(items, split, seed=seed)
+        kept.append(r)
+    key = _group_by(items, csv_path, group_column, group_pattern, split_by, kept)
+    return split_items(items, split, seed=seed, group_key=key)
 
 
-def image_folder(root: str, split: str = "training", classes: list[str] | None = None, seed: int = 0) -> list[dict]:
+def image_folder(root: str, split: str = "training", classes: list[str] | None = None, seed: int = 0,
+                 group_pattern: str | None = None, split_by: str | None = None) -> list[dict]:
     """One sub-folder per class (e.g. the brain-tumour MRI set: ``glioma/ meningioma/ notumor/ pituitary/``).
     If ``root`` has ``Training/`` and ``Testing/`` folders, ``Testing`` is the test split and ``validation`` a seeded
-    15% of ``Training``."""
+    15% of ``Training``'s patients.
+
+    Splits are by patient: ``group_pattern`` is a regex whose first group finds the patient id in a file name (e.g.
+    ``"^(\\w+?)_"`` for ``P001_left.png``); a folder set without patient ids needs ``split_by="image"``, said
+    explicitly, or it stops with an error (see :func:`_group_by`)."""
     if not os.path.isdir(root):
         raise DatalistError(f"image folder not found: {root}")
     sub = {d.lower(): d for d in os.listdir(root)}
@@ -154,7 +219,8 @@ def image_folder(root: str, split: str = "training", classes: list[str] | None =
         if split == "test":
             return image_folder(os.path.join(root, sub["testing"]), "all", classes, seed)
         items = image_folder(os.path.join(root, sub["training"]), "all", classes, seed)
-        return split_items(items, split, 0.15, 0.0, seed)
+        key = _group_by(items, root, None, group_pattern, split_by)
+        return split_items(items, split, 0.15, 0.0, seed, key)
     classes = classes or sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise DatalistError(f"{root} has no class sub-folders")
@@ -168,21 +234,83 @@ def image_folder(root: str, split: str = "training", classes: list[str] | None =
                 items.append({"image": os.path.join(cdir, f), "label": k, "id": f"{c}/{f}"})
     if not items:
         raise DatalistError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
-    return items if split == "all" else split_items(items, split, seed=seed)
+    if split == "all":
+        return items
+    key = _group_by(items, root, None, group_pattern, split_by)
+    return split_items(items, split, seed=seed, group_key=key)
 
 
-def classification_datalist(data_format: str, path: str, split: str = "training", **kwargs) -> list[dict]:
-    """One entry point for the bundle configs: ``data_format`` is ``datalist`` (decathlon-style JSON with
-    ``training``/``validation``/``test`` sections), ``medmnist`` (.npz), ``chestxray14``, ``ham10000``,
-    ``messidor2`` or ``folder``; ``kwargs`` go to the reader."""
+def dataset_items(data_format: str, path: str, split: str = "training", max_items: int | None = None,
+                  **kwargs) -> list[dict]:
+    """One entry point for every bundle config (``data_format`` / ``data_path`` / ``data_kwargs`` config ids):
+
+    * ``datalist`` -- decathlon-style JSON with ``training``/``validation``/``test`` sections (synthetic default);
+    * ``medmnist`` -- a MedMNIST ``.npz`` (images in memory, same orientation as the PNG loader);
+    * ``chestxray14``, ``ham10000``, ``messidor2``, ``folder`` -- see their readers in this module;
+    * ``images`` -- a folder of images / volumes / DICOM series folders with no labels (pretraining, inference).
+
+    ``max_items`` keeps the first items of the split (quick runs); ``kwargs`` go to the reader.
+    """
     readers = {
-        "datalist": lambda: load_datalist(path, split, is_segmentation=False, **kwargs),
+        "datalist": lambda: load_datalist(path, split, is_segmentation=None, **kwargs),
         "medmnist": lambda: load_medmnist_npz(path, split, **kwargs),
         "chestxray14": lambda: chestxray14_csv(path, split=split, **kwargs),
         "ham10000": lambda: ham10000_csv(path, split=split, **kwargs),
         "messidor2": lambda: messidor2_csv(path, split=split, **kwargs),
         "folder": lambda: image_folder(path, split, **kwargs),
+        "images": lambda: image_list(path, **kwargs),
     }
     if data_format not in readers:
         raise DatalistError(f"unknown data_format {data_format!r}: use one of {sorted(readers)}")
-    return readers[data_format]()
+    items = readers[data_format]()
+    return items[: int(max_items)] if max_items else items
+
+
+def classification_datalist(data_format: str, path: str, split: str = "training", **kwargs) -> list[dict]:
+    """:func:`dataset_items` (the name the classification configs of medmae 0.1 use)."""
+    return dataset_items(data_format, path, split, **kwargs)
+
+
+def check_labels(items: list[dict], num_classes: int, label_key: str = "label", multi_label: bool = False,
+                 class_names=None, source: str = "datalist") -> list[dict]:
+    """Check every item's class label before training; returns ``items``.
+
+    Errors name the item (id and image file) and the config ids to change: a missing or non-integer label, a label
+    outside ``0 .. num_classes - 1``, a multi-hot vector of the wrong length -- and a head larger than the labels
+    (the highest class never occurs: e.g. binary data with the default three ``class_names``), which trains fine
+    and scores nonsense (AUC NaN for the class that never occurs).
+    """
+    names = f" {list(class_names)}" if class_names is not None else ""
+    seen = set()
+    for i, it in enumerate(items):
+        where = f"{source}: item {i} (id={it.get('id', '?')}, image={it.get('image') if isinstance(it.get('image'), str) else 'in memory'})"
+        if label_key not in it:
+            raise DatalistError(f"{where} has no '{label_key}' (config id 'label_key'; keys: {sorted(it)})")
+        y = it[label_key]
+        if multi_label:
+            v = np.asarray(y, dtype=np.float32).reshape(-1)
+            if v.size != num_classes or not np.isin(v, (0.0, 1.0)).all():
+                raise DatalistError(f"{where}: multi-hot label {v.tolist()} does not have {num_classes} 0/1 entries "
+                                    f"(config ids 'class_names'{names} / 'num_classes')")
+            seen.update(np.flatnonzero(v).tolist())
+            continue
+        arr = np.asarray(y)
+        if arr.size != 1 or not (np.issubdtype(arr.dtype, np.integer) or
+                                 (np.issubdtype(arr.dtype, np.floating) and float(arr) == int(arr))):
+            raise DatalistError(f"{where}: label {y!r} is not a class index (an integer 0..{num_classes - 1})")
+        k = int(arr)
+        if not 0 <= k < num_classes:
+            raise DatalistError(f"{where}: label {k} is outside 0..{num_classes - 1} (num_classes={num_classes}"
+                                f"{', class_names' + names if names else ''}); fix the label or pass --class_names "
+                                f"with one name per class")
+        seen.add(k)
+    if items and not multi_label and max(seen) + 1 < num_classes:
+        raise DatalistError(
+            f"{source}: labels use classes {sorted(seen)} but the network has {num_classes} outputs "
+            f"(class_names{names or ' / num_classes'}): classes {list(range(max(seen) + 1, num_classes))} never occur. "
+            "Pass --class_names with one name per class of your data (e.g. \"['normal','pneumonia']\")."
+        )
+    missing = sorted(set(range(num_classes)) - seen)
+    if items and missing:
+        logger.warning(f"{source}: classes {missing} do not occur in this split")
+    return items

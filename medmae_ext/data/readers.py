@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-__all__ = ["image_list", "load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
+__all__ = ["image_list", "is_dicom_series", "load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
 
 PATH_KEYS = ("image", "label", "mask", "lesion")
 
@@ -44,14 +44,15 @@ def load_datalist(
     datalist_file: str,
     data_list_key: str = "training",
     base_dir: str | None = None,
-    is_segmentation: bool = True,
+    is_segmentation: bool | None = True,
     required_keys: Sequence[str] = ("image",),
     max_items: int | None = None,
 ) -> list[dict]:
     """Load one section of a decathlon-style datalist JSON and check it.
 
     Paths are relative to ``base_dir`` (default: the JSON's folder). Each item gains an ``id`` (its own, or the
-    image file name) used to key per-sample caches such as MSMAE's attention maps.
+    image file name) used to key per-sample caches such as MSMAE's attention maps. ``is_segmentation=None`` decides
+    per file: ``label`` entries are paths (segmentation) when one of them names an existing file, else class labels.
     """
     if not os.path.isfile(datalist_file):
         raise DatalistError(f"datalist file not found: {datalist_file}")
@@ -73,6 +74,9 @@ def load_datalist(
             if k not in item:
                 raise DatalistError(f"{datalist_file}: {data_list_key}[{i}] has no key '{k}' (keys: {sorted(item)})")
     base_dir = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist_file))
+    if is_segmentation is None:
+        is_segmentation = any(isinstance(it.get("label"), str) and os.path.exists(os.path.join(base_dir, it["label"]))
+                              for it in raw[data_list_key])
     items = load_decathlon_datalist(datalist_file, is_segmentation, data_list_key, base_dir)
     for item in items:
         if "id" not in item:
@@ -87,9 +91,14 @@ _MEDMNIST_SPLITS = {"training": "train", "train": "train", "validation": "val", 
 
 
 def load_medmnist_npz(path: str, split: str = "training", max_items: int | None = None) -> list[dict]:
-    """Items ``{"image": float32 [C, H, W(, D)] in [0, 1], "label": int or float vector, "id"}`` from a MedMNIST
-    ``.npz`` (``{split}_images`` uint8 ``[N, H, W]``, ``[N, H, W, 3]`` or ``[N, D, H, W]``; ``{split}_labels``
-    ``[N, 1]`` or multi-label ``[N, K]``)."""
+    """Items ``{"image": float32 channel-first array in [0, 1], "label": int or float vector, "id"}`` from a
+    MedMNIST ``.npz`` (``{split}_images`` uint8 ``[N, H, W]``, ``[N, H, W, 3]`` or ``[N, D, H, W]``;
+    ``{split}_labels`` ``[N, 1]`` or multi-label ``[N, K]``).
+
+    Orientation: the spatial axes are reversed into MONAI's reader convention -- a 2D image becomes ``[C, W, H]``,
+    exactly what ``LoadImage`` gives for a PNG of the same pixels (``PIL.Image.fromarray(images[i]).save(...)``), and a
+    volume ``[C, W, H, D]`` as ITK/NIfTI readers index it. So a model trained from the ``.npz`` sees PNGs of the same
+    images (inference) the right way round, and ``RandFlipd(spatial_axis=0)`` is a left-right flip for both."""
     if not os.path.isfile(path):
         raise DatalistError(f"MedMNIST file not found: {path}")
     prefix = _MEDMNIST_SPLITS.get(split)
@@ -113,6 +122,8 @@ def load_medmnist_npz(path: str, split: str = "training", max_items: int | None 
         images = images[:, None]  # grey 2D [N, H, W] or 3D [N, D, H, W]
     else:
         raise DatalistError(f"{path}: '{ik}' has shape {images.shape}; expected [N, H, W(, 3)] or [N, D, H, W]")
+    spatial = list(range(2, images.ndim))
+    images = images.transpose([0, 1] + spatial[::-1])  # numpy row-major -> MONAI reader order (see docstring)
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     labels = labels.reshape(len(labels), -1)
     n = len(images) if not max_items else min(len(images), int(max_items))
@@ -127,13 +138,32 @@ def load_medmnist_npz(path: str, split: str = "training", max_items: int | None 
     ]
 
 
+def is_dicom_series(path: str) -> bool:
+    """True for a folder whose files are DICOM (the ``DICM`` marker at byte 128), i.e. one series to read as a volume."""
+    if not os.path.isdir(path):
+        return False
+    files = [os.path.join(path, f) for f in os.listdir(path) if os.path.isfile(os.path.join(path, f))]
+    if not files:
+        return False
+    for f in files[:3]:
+        with open(f, "rb") as fh:
+            fh.seek(128)
+            if fh.read(4) != b"DICM":
+                return False
+    return True
+
+
 def image_list(input_dir: str, pattern: str = "*") -> list[dict]:
-    """``[{"image": path}]`` for the files of ``input_dir`` matching ``pattern`` (sorted), for inference."""
+    """``[{"image": path, "id": name}]`` for inference and unlabelled pretraining: the files of ``input_dir`` matching
+    ``pattern`` (sorted) and its sub-folders that are DICOM series (each one volume). ``input_dir`` that is itself a
+    DICOM series folder gives one item. The ``id`` (a series' folder name) names the outputs."""
     import glob
 
     if not os.path.isdir(input_dir):
         raise DatalistError(f"input folder not found: {input_dir}")
-    files = sorted(f for f in glob.glob(os.path.join(input_dir, pattern)) if os.path.isfile(f))
-    if not files:
-        raise DatalistError(f"no file matches {os.path.join(input_dir, pattern)}")
-    return [{"image": f, "id": os.path.basename(f)} for f in files]
+    if is_dicom_series(input_dir):
+        return [{"image": input_dir, "id": os.path.basename(os.path.normpath(input_dir))}]
+    found = sorted(f for f in glob.glob(os.path.join(input_dir, pattern)) if os.path.isfile(f) or is_dicom_series(f))
+    if not found:
+        raise DatalistError(f"no file or DICOM series folder matches {os.path.join(input_dir, pattern)}")
+    return [{"image": f, "id": os.path.basename(os.path.normpath(f))} for f in found]

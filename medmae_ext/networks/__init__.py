@@ -1,9 +1,11 @@
 from .mae import MaskedAutoencoder
 from .patching import grid_shape, patch_weights, patchify, unpatchify
 from .vit import Block, ViTClassifier, ViTEncoder
-from .weights import encoder_state_dict, load_pretrained_encoder, map_encoder_keys, read_state_dict
+from .weights import (
+    encoder_state_dict, init_description, is_scratch, load_pretrained_encoder, map_encoder_keys, read_state_dict,
+)
 
 __all__ = [
     "MaskedAutoencoder", "ViTEncoder", "ViTClassifier", "Block", "patchify", "unpatchify", "patch_weights",
-    "grid_shape", "load_pretrained_encoder", "read_state_dict", "encoder_state_dict", "map_encoder_keys",
+    "grid_shape", "load_pretrained_encoder", "init_description", "is_scratch", "read_state_dict", "encoder_state_dict", "map_encoder_keys",
 ]

@@ -95,7 +95,8 @@ class MaskedAutoencoder(nn.Module):
         y = self.decoder_embed(latent)
         d = y.shape[-1]
         # full sequence of decoder tokens: encoded latents at visible positions, the mask token elsewhere
-        full = self.mask_token.expand(b, n, d).clone()
+        # (in y's dtype: under autocast the decoder_embed output is bf16/fp16 while mask_token stays float32)
+        full = self.mask_token.to(y.dtype).expand(b, n, d).clone()
         full = full.scatter(1, plan.visible.unsqueeze(-1).expand(-1, -1, d), y[:, 1:])
         full = full + self.decoder_pos_embed
         # thrown patches are removed: the decoder sees CLS + visible + masked tokens only

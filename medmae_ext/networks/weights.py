@@ -23,11 +23,35 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["read_state_dict", "encoder_state_dict", "map_encoder_keys", "load_pretrained_encoder", "resize_pos_embed"]
+__all__ = [
+    "read_state_dict", "encoder_state_dict", "map_encoder_keys", "load_pretrained_encoder", "resize_pos_embed",
+    "is_scratch", "init_description", "SCRATCH_VALUES",
+]
 
 logger = logging.getLogger(__name__)
 
 POS_KEY = "patch_embedding.position_embeddings"
+
+# ``pretrained_ckpt`` values meaning "no pretrained weights". MONAI's command line drops a bare ``None`` override (the
+# default checkpoint would then be loaded), so the documented spelling is ``--pretrained_ckpt scratch``.
+SCRATCH_VALUES = ("", "none", "null", "scratch", "random")
+
+
+def is_scratch(ckpt_path) -> bool:
+    """True when ``pretrained_ckpt`` asks for random initialisation (None, "", "none", "null", "scratch", "random")."""
+    return ckpt_path is None or (isinstance(ckpt_path, str) and ckpt_path.strip().lower() in SCRATCH_VALUES)
+
+
+def init_description(ckpt_path) -> str:
+    """How a fine-tuning run is initialised, for logs and the run identity: ``"scratch"`` or
+    ``"encoder of <absolute path> (sha256 <12 hex>)"``."""
+    if is_scratch(ckpt_path):
+        return "scratch"
+    if not os.path.isfile(ckpt_path):
+        return f"encoder of {os.path.abspath(ckpt_path)} (missing)"
+    from ..checkpoints import _sha256
+
+    return f"encoder of {os.path.abspath(ckpt_path)} (sha256 {_sha256(ckpt_path)})"
 
 
 def read_state_dict(path: str, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -99,6 +123,7 @@ def load_pretrained_encoder(
     target: str | None = None,
     ckpt_key: str | None = None,
     src_grid=None,
+    allow_partial: bool = False,
 ) -> nn.Module:
     """Load the encoder of a medmae pretraining checkpoint into ``network`` (ViT, UNETR or ViTClassifier).
 
@@ -106,15 +131,23 @@ def load_pretrained_encoder(
 
         "network": "$medmae_ext.networks.load_pretrained_encoder(@network_def, @pretrained_ckpt)"
 
-    Every encoder weight must find its place (a missing or misshapen key raises naming it); keys the target has
-    beyond the encoder (decoder, head) keep their initial values. ``ckpt_path=None`` returns ``network`` as is.
+    Every checkpoint encoder weight must find its place (a missing or misshapen key raises naming it), and every
+    encoder tensor of the target must be filled: a 6-layer checkpoint in a 12-layer UNETR raises, naming the
+    tensors left random, unless ``allow_partial`` (config id ``allow_partial_encoder``). Keys outside the
+    target's encoder (decoder, head) keep their initial values. ``ckpt_path`` None / "scratch" (see
+    :func:`is_scratch`) returns ``network`` as is; either way the initialisation is logged.
     """
-    if ckpt_path is None:
+    if is_scratch(ckpt_path):
+        logger.warning(
+            f"initialisation: {type(network).__name__} starts from RANDOM weights (pretrained_ckpt={ckpt_path!r}: "
+            "training from scratch)"
+        )
         return network
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(
             f"pretrained checkpoint not found: {ckpt_path} (config id 'pretrained_ckpt': run mae_pretrain or "
-            "msmae_pretrain first, point it at their models/model.pt, or set it to None to train from scratch)"
+            "msmae_pretrain first, point it at their models/model.pt, or pass --pretrained_ckpt scratch to train "
+            "from scratch; a bare None is dropped by MONAI's command line)"
         )
     if target is None:
         target = "unetr" if hasattr(network, "vit") else "classifier" if hasattr(network, "encoder") else "vit"
@@ -138,12 +171,26 @@ def load_pretrained_encoder(
             f"{ckpt_path}: '{k}' has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in "
             f"{type(network).__name__}: the encoder sizes (hidden_size, mlp_dim, in_channels, patch_size) differ."
         )
+    prefix = {"vit": "", "unetr": "vit.", "classifier": "encoder."}[target]
+    unfilled = [k for k in own if k.startswith(prefix) and k not in mapped and _is_encoder_key(k[len(prefix):])]
+    if unfilled and not allow_partial:
+        raise ValueError(
+            f"{ckpt_path} fills only part of the encoder of {type(network).__name__}: {len(unfilled)} encoder "
+            f"tensors would stay random, e.g. {unfilled[:4]} (a checkpoint with fewer layers or another layout?). "
+            "Match num_layers/hidden_size to the pretraining run, or set allow_partial_encoder to true to accept it."
+        )
     result = network.load_state_dict(mapped, strict=False)
     logger.info(
-        f"loaded {len(mapped)} encoder tensors from {ckpt_path} into {type(network).__name__}; "
-        f"{len(result.missing_keys)} tensors keep their initial values."
+        f"initialisation: {len(mapped)} encoder tensors loaded from {init_description(ckpt_path)} into "
+        f"{type(network).__name__}; {len(result.missing_keys)} tensors keep their initial values"
+        + (f", {len(unfilled)} of them encoder tensors (allow_partial_encoder)" if unfilled else " (decoder/head)")
     )
     return network
+
+
+def _is_encoder_key(key: str) -> bool:
+    """A ViT-encoder key (the part a pretraining checkpoint provides), as opposed to a head or a UNETR decoder."""
+    return key.startswith(("patch_embedding.", "blocks.", "norm.", "cls_token"))
 
 
 def _grid_from_network(network: nn.Module) -> tuple[int, ...]:

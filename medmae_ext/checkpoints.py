@@ -1,0 +1,300 @@
+"""Training checkpoints: atomic saving, run identity, resume that never picks up another run's state, and the
+best-validation ``model.pt``.
+
+A training checkpoint ``checkpoint_<epoch>.pt`` holds the network, optimizer, LR schedule, the ignite trainer state
+and a :class:`RunIdentity` -- what makes two runs the same run (network shapes, initialisation, training data,
+epochs). :func:`resume_checkpoint` (the bundles' ``resume_ckpt``) reads it before training starts:
+
+* same run, not finished (killed, or ``--epochs`` raised): resume from it;
+* same run, already finished: stop, saying so (re-running a finished run would end at once with the old model);
+* another run: stop with a message naming both identities;
+* ``--resume False``: start fresh; every earlier output of the folder (checkpoints, ``model.pt``) is first moved to
+  ``<ckpt_dir>/previous/<time>/`` so that nothing is lost and nothing of it is resumed or pruned later.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import math
+import os
+import re
+import shutil
+import time
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader
+
+__all__ = [
+    "AtomicCheckpointSaver", "BestModelSaver", "ResumeCheckpointLoader", "RunIdentity", "RunMismatchError",
+    "finite_greater", "latest_checkpoint", "list_checkpoints", "resume_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+_CKPT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
+RUN_KEY = "run"
+
+
+class RunMismatchError(RuntimeError):
+    """The checkpoint folder holds another run's state (or a finished run) and the bundle was asked to resume."""
+
+
+def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """``(epoch, path)`` of every ``checkpoint_<epoch>.pt`` in ``ckpt_dir``, oldest first."""
+    paths = glob.glob(os.path.join(ckpt_dir, "checkpoint_*.pt"))
+    return sorted((int(m.group(1)), p) for p in paths if (m := _CKPT_RE.search(p)))
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    """Newest ``checkpoint_<epoch>.pt`` in ``ckpt_dir``, or None (no identity check: see :func:`resume_checkpoint`)."""
+    found = list_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
+
+
+def _unwrap(net):
+    return getattr(net, "module", net)
+
+
+def _sha256(path: str, length: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+class RunIdentity:
+    """What identifies a training run, stored in every training checkpoint (``state_dict`` of plain strings).
+
+    Args:
+        network: the network being trained (DDP-wrapped or not): its class and every tensor's name and shape.
+        init: how the network was initialised (see :func:`medmae_ext.networks.init_description`).
+        data: the training items (their ``id`` or ``image`` entries are hashed, order-independent).
+        data_source: a readable description of where they came from (data format and path).
+        epochs: the run's planned length; a different value is not a different run (``--epochs`` may be raised to
+            train further), it only tells whether the stored run had finished.
+    """
+
+    FIELDS = ("network", "init", "data")
+
+    def __init__(self, network, init: str = "random", data=None, data_source: str = "", epochs: int | None = None):
+        net = _unwrap(network)
+        shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
+        n_params = sum(v.numel() for v in net.state_dict().values())
+        self.network = f"{type(net).__name__} ({n_params} values, shapes #{hashlib.sha256(shapes.encode()).hexdigest()[:12]})"
+        self.init = str(init)
+        keys = sorted(str(it.get("id", it.get("image"))) if isinstance(it, dict) else str(it) for it in (data or []))
+        digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
+        self.data = f"{data_source} ({len(keys)} training items #{digest})"
+        self.epochs = None if epochs is None else int(epochs)
+
+    def state_dict(self) -> dict:
+        return {**{k: getattr(self, k) for k in self.FIELDS}, "epochs": self.epochs}
+
+    def differences(self, stored: dict) -> list[str]:
+        """Readable ``field: stored -> this run`` lines for every identity field that differs."""
+        return [f"  {k}: checkpoint has {stored.get(k)!r}, this run has {getattr(self, k)!r}"
+                for k in self.FIELDS if stored.get(k) != getattr(self, k)]
+
+    def load_state_dict(self, stored: dict) -> None:
+        """Called by the resume loader: a checkpoint of another run is refused (defence in depth; the bundles
+        check with :func:`resume_checkpoint` before training starts)."""
+        diff = self.differences(stored)
+        if diff:
+            raise RunMismatchError("the checkpoint being resumed belongs to another run:\n" + "\n".join(diff))
+
+    def __repr__(self) -> str:
+        return f"RunIdentity({self.state_dict()})"
+
+
+def _read_checkpoint(path: str) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated (full disk, kill during a copy) or foreign: fall back to an older one
+        logger.warning(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); trying an older one")
+        return None
+
+
+def move_previous_outputs(ckpt_dir: str, extra_files=("model.pt",)) -> str | None:
+    """Move every ``checkpoint_*.pt`` and ``extra_files`` of ``ckpt_dir`` into ``ckpt_dir/previous/<time>/``;
+    returns that folder, or None when there was nothing to move. Only the first process of a distributed run moves."""
+    import ignite.distributed as idist
+
+    files = [p for _, p in list_checkpoints(ckpt_dir)]
+    files += [os.path.join(ckpt_dir, f) for f in extra_files if os.path.isfile(os.path.join(ckpt_dir, f))]
+    if not files or idist.get_rank() != 0:
+        return None
+    dest = os.path.join(ckpt_dir, "previous", time.strftime("%Y%m%d-%H%M%S"))
+    n = 0
+    while os.path.exists(dest if not n else f"{dest}-{n}"):
+        n += 1
+    dest = dest if not n else f"{dest}-{n}"
+    os.makedirs(dest)
+    for f in files:
+        shutil.move(f, os.path.join(dest, os.path.basename(f)))
+    logger.warning(f"starting a fresh run: the earlier outputs of {ckpt_dir} ({len(files)} files) were moved to {dest}")
+    return dest
+
+
+def resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool = True,
+                      extra_files=("model.pt",)) -> str | None:
+    """The checkpoint to resume from, or None to start fresh; see the module docstring for the rules.
+
+    Raises :class:`RunMismatchError` naming both runs when ``ckpt_dir`` holds another run or a finished one.
+    """
+    if not resume:
+        move_previous_outputs(ckpt_dir, extra_files)
+        return None
+    for epoch, path in reversed(list_checkpoints(ckpt_dir)):
+        ckpt = _read_checkpoint(path)
+        if ckpt is None:
+            continue
+        stored = ckpt.get(RUN_KEY)
+        if not isinstance(stored, dict):
+            raise RunMismatchError(
+                f"{path} records no run identity (written by an older medmae or another tool), so it cannot be told "
+                f"whether it is this run. Start fresh with --resume False (earlier outputs are moved to "
+                f"{os.path.join(ckpt_dir, 'previous')}/), or use another --bundle_root / --ckpt_dir."
+            )
+        diff = identity.differences(stored)
+        if diff:
+            raise RunMismatchError(
+                f"{ckpt_dir} holds another run's checkpoint ({os.path.basename(path)}); resuming it would continue "
+                "that run, not this one:\n" + "\n".join(diff) + "\nStart fresh with --resume False (its outputs are "
+                f"moved to {os.path.join(ckpt_dir, 'previous')}/), or use another --bundle_root / --ckpt_dir."
+            )
+        trainer = ckpt.get("trainer", {})
+        done_epoch = int(trainer.get("epoch", epoch))
+        if identity.epochs is not None and done_epoch >= identity.epochs:
+            raise RunMismatchError(
+                f"{path}: this run already finished {done_epoch} epochs (--epochs {identity.epochs}); running it "
+                "again would end at once with the old model. Raise --epochs to train further, or start fresh with "
+                f"--resume False (earlier outputs are moved to {os.path.join(ckpt_dir, 'previous')}/)."
+            )
+        logger.info(f"resuming from {path} (epoch {done_epoch} of {identity.epochs}); run: {identity.init}")
+        return path
+    leftovers = [os.path.join(ckpt_dir, f) for f in extra_files if os.path.isfile(os.path.join(ckpt_dir, f))]
+    if leftovers or list_checkpoints(ckpt_dir):
+        move_previous_outputs(ckpt_dir, extra_files)  # unreadable checkpoints or a model.pt with no run behind it
+    return None
+
+
+class ResumeCheckpointLoader(CheckpointLoader):
+    """MONAI ``CheckpointLoader`` that also restores the engine it is attached to (stored under ``"trainer"`` by
+    :class:`AtomicCheckpointSaver`), so training continues at the saved epoch. The engine is added at attach time,
+    which keeps bundle configs free of the trainer -> handlers -> trainer reference cycle."""
+
+    def attach(self, engine: Engine) -> None:
+        self.load_dict = {**self.load_dict, "trainer": engine}
+        super().attach(engine)
+
+
+class AtomicCheckpointSaver:
+    """Save the full training state every ``save_interval`` epochs as ``checkpoint_<epoch>.pt`` (for resume) and
+    the network weights alone as ``model_filename`` (the bundle's ``models/model.pt``). The engine it is attached
+    to is saved too, as ``"trainer"``; put the run's :class:`RunIdentity` in ``save_dict`` under ``"run"``.
+
+    Every file is written to a temporary file in the same folder and renamed into place (ignite's
+    ``DiskSaver(atomic=True)``), so an interrupted run never leaves a truncated checkpoint. Only the newest
+    ``n_saved`` checkpoints *of this run* are kept: the ones it wrote and the one it resumed from. Other files in the
+    folder are never deleted (:func:`resume_checkpoint` has moved any earlier run's files aside).
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        model_key: str = "network",
+        model_filename: str | None = "model.pt",
+        save_interval: int = 1,
+        n_saved: int = 2,
+        resumed_from: str | None = None,
+    ) -> None:
+        if model_key not in save_dict:
+            raise KeyError(f"model_key '{model_key}' is not in save_dict (keys: {sorted(save_dict)})")
+        self.save_dir = save_dir
+        self.save_dict = save_dict
+        self.model_key = model_key
+        self.model_filename = model_filename
+        self.save_interval = save_interval
+        self.n_saved = n_saved
+        self.own: list[str] = [os.path.abspath(resumed_from)] if resumed_from else []
+
+    def attach(self, engine: Engine) -> None:
+        os.makedirs(self.save_dir, exist_ok=True)
+        self._disk = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
+        self._checkpoint = Checkpoint(
+            {**self.save_dict, "trainer": engine},
+            self._disk,
+            n_saved=None,
+            global_step_transform=lambda e, _: e.state.epoch,
+        )
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
+        engine.add_event_handler(Events.COMPLETED, self.save_model)
+
+    def save_model(self, engine: Engine) -> None:
+        if not self.model_filename:
+            return
+        state = _unwrap(self.save_dict[self.model_key]).state_dict()
+        self._disk(state, self.model_filename)
+
+    def __call__(self, engine: Engine) -> None:
+        self._checkpoint(engine)
+        if self._checkpoint.last_checkpoint:
+            path = os.path.abspath(os.path.join(self.save_dir, os.path.basename(str(self._checkpoint.last_checkpoint))))
+            if path not in self.own:
+                self.own.append(path)
+        self.save_model(engine)
+        self.prune()
+
+    def prune(self) -> None:
+        import ignite.distributed as idist
+
+        if idist.get_rank() != 0:  # only rank 0 writes (ignite's DiskSaver), so only rank 0 prunes
+            return
+        own = sorted((int(m.group(1)), p) for p in self.own if (m := _CKPT_RE.search(p)))
+        for _, p in own[: max(0, len(own) - self.n_saved)]:
+            if os.path.exists(p):
+                os.remove(p)
+            self.own.remove(p)
+
+
+def finite_greater(current: float, previous: float) -> bool:
+    """``metric_cmp_fn`` for MONAI evaluators: a NaN/inf metric never counts as an improvement, and any finite
+    metric improves on a non-finite best."""
+    if not math.isfinite(float(current)):
+        return False
+    return not math.isfinite(float(previous)) or current > previous
+
+
+class BestModelSaver:
+    """Attach to an evaluator: whenever its key metric improves, write ``network``'s weights atomically to
+    ``save_dir/filename`` (the bundle's ``models/model.pt`` = best validation checkpoint, as in the model zoo).
+    A non-finite key metric (e.g. AUC of a validation set with one class) never writes the model."""
+
+    def __init__(self, save_dir: str, network, filename: str = "model.pt") -> None:
+        self.save_dir = save_dir
+        self.network = network
+        self.filename = filename
+
+    def attach(self, engine: Engine) -> None:
+        self._disk = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import ignite.distributed as idist
+
+        name = engine.state.key_metric_name
+        value = engine.state.metrics.get(name, float("nan"))
+        if not math.isfinite(float(value)):
+            logger.warning(f"validation {name}={value} is not finite: {self.filename} is not written")
+            return
+        if engine.state.best_metric_epoch == engine.state.epoch:
+            self._disk(_unwrap(self.network).state_dict(), self.filename)  # DiskSaver writes on rank 0 only
+            if idist.get_rank() == 0:
+                logger.info(f"new best {name}={engine.state.best_metric:.4f} at epoch "
+                            f"{engine.state.epoch}: saved {os.path.join(self.save_dir, self.filename)}")

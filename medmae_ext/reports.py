@@ -1,0 +1,175 @@
+"""Classification reports (validation and evaluation) and prediction CSVs."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["ClassificationReport", "ProbabilityCSVSaver", "confusion_matrix_png"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClassificationReport:
+    """Attach to an evaluator whose decollated outputs hold class probabilities ``pred`` and one-hot / multi-hot
+    ``label``. At the end of the run it writes to ``output_dir``:
+
+    * ``metrics.json`` -- accuracy, macro F1, per-class and mean ROC AUC (multi-label: per-class AUC and F1 at 0.5);
+    * ``per_class.csv`` -- per-class AUC, F1, support;
+    * ``confusion_matrix.png`` and ``confusion_matrix.csv`` (multi-class only; rows = truth, columns = prediction).
+
+    The numbers (accuracy, macro F1, mean AUC, ``recall_<class>``) are put in ``engine.state.metrics`` at the end of
+    the epoch, so that a ``StatsHandler`` / ``TensorBoardStatsHandler`` listed *after* this handler logs them at every
+    validation. A model that predicts a single class for every sample is warned about: its AUC can look fine.
+    """
+
+    def __init__(self, output_dir: str, class_names=None, multi_label: bool = False, threshold: float = 0.5) -> None:
+        self.output_dir = output_dir
+        self.class_names = list(class_names) if class_names else None
+        self.multi_label = multi_label
+        self.threshold = threshold
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._pred, self._label = [], []
+
+    def _collect(self, engine: Engine) -> None:
+        for item in engine.state.output:
+            self._pred.append(torch.as_tensor(item["pred"]).detach().float().cpu().reshape(-1))
+            self._label.append(torch.as_tensor(item["label"]).detach().float().cpu().reshape(-1))
+
+    def compute(self) -> dict:
+        from monai.metrics import compute_roc_auc
+
+        prob, y = torch.stack(self._pred), torch.stack(self._label)
+        c = prob.shape[1]
+        names = self.class_names or [str(i) for i in range(c)]
+        if len(names) != c:
+            raise ValueError(f"{len(names)} class names given for {c} network outputs")
+        auc = []
+        for k in range(c):
+            has_both = 0 < y[:, k].sum() < len(y)
+            auc.append(float(compute_roc_auc(prob[:, k], y[:, k])) if has_both else float("nan"))
+        if self.multi_label:
+            hard = (prob >= self.threshold).float()
+        else:
+            hard = torch.nn.functional.one_hot(prob.argmax(1), c).float()
+        tp = (hard * y).sum(0)
+        f1 = (2 * tp / (hard.sum(0) + y.sum(0)).clamp_min(1e-8)).tolist()
+        recall = [float(t / s) if s > 0 else float("nan") for t, s in zip(tp.tolist(), y.sum(0).tolist())]
+        support = y.sum(0).tolist()
+        valid_auc = [a for a in auc if a == a]
+        metrics = {
+            "num_samples": len(y),
+            "accuracy": float((hard == y).all(1).float().mean()),
+            "macro_f1": float(np.mean(f1)),
+            "mean_auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
+            "per_class": {n: {"auc": a, "f1": f, "recall": r, "support": int(s)}
+                          for n, a, f, r, s in zip(names, auc, f1, recall, support)},
+        }
+        if not self.multi_label:
+            cm = np.zeros((c, c), np.int64)
+            np.add.at(cm, (y.argmax(1).numpy(), prob.argmax(1).numpy()), 1)
+            metrics["confusion_matrix"] = cm.tolist()
+            predicted = sorted({names[i] for i in prob.argmax(1).tolist()})
+            metrics["predicted_classes"] = predicted
+        return metrics
+
+    def __call__(self, engine: Engine) -> dict:
+        import json
+
+        metrics = self.compute()
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(os.path.join(self.output_dir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        with open(os.path.join(self.output_dir, "per_class.csv"), "w") as f:
+            f.write("class,auc,f1,recall,support\n")
+            for n, v in metrics["per_class"].items():
+                f.write(f"{n},{v['auc']:.4f},{v['f1']:.4f},{v['recall']:.4f},{v['support']}\n")
+        if "confusion_matrix" in metrics:
+            cm = np.asarray(metrics["confusion_matrix"])
+            names = list(metrics["per_class"])
+            np.savetxt(os.path.join(self.output_dir, "confusion_matrix.csv"), cm, fmt="%d", delimiter=",",
+                       header=",".join(names), comments="")
+            confusion_matrix_png(cm, names, os.path.join(self.output_dir, "confusion_matrix.png"))
+        engine.state.metrics.update({k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")})
+        engine.state.metrics.update({f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()})
+        recalls = ", ".join(f"{n} {v['recall']:.3f}" for n, v in metrics["per_class"].items())
+        if len(metrics.get("predicted_classes", ())) == 1 and len(metrics["per_class"]) > 1:
+            logger.warning(
+                f"the model predicts '{metrics['predicted_classes'][0]}' for all {metrics['num_samples']} samples "
+                f"(per-class recall {recalls}): its AUC may look fine, its decisions are useless."
+            )
+        logger.info(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+                    f"mean AUC {metrics['mean_auc']:.4f}, recall {recalls} on {metrics['num_samples']} samples "
+                    f"-> {self.output_dir}")
+        return metrics
+
+
+def confusion_matrix_png(cm: np.ndarray, names: list[str], path: str, cell: int = 64) -> None:
+    """A plain confusion-matrix picture: rows = truth, columns = prediction, darker = more, counts written in."""
+    from PIL import Image, ImageDraw
+
+    c = len(names)
+    margin = 110
+    img = Image.new("RGB", (margin + c * cell + 10, margin + c * cell + 10), "white")
+    draw = ImageDraw.Draw(img)
+    row_sums = cm.sum(1, keepdims=True).clip(min=1)
+    for i in range(c):
+        for j in range(c):
+            v = cm[i, j] / row_sums[i, 0]
+            shade = int(255 * (1 - 0.85 * v))
+            x0, y0 = margin + j * cell, margin + i * cell
+            draw.rectangle([x0, y0, x0 + cell, y0 + cell], fill=(shade, shade, 255), outline="grey")
+            draw.text((x0 + cell // 3, y0 + cell // 3), str(int(cm[i, j])), fill="black" if v < 0.6 else "white")
+        draw.text((4, margin + i * cell + cell // 3), names[i][:16], fill="black")
+        draw.text((margin + i * cell + 4, margin - 20), names[i][:9], fill="black")
+    draw.text((margin, 8), "prediction ->", fill="black")
+    draw.text((4, margin - 40), "truth", fill="black")
+    img.save(path)
+
+
+class ProbabilityCSVSaver:
+    """Attach to an inference evaluator: write ``predictions.csv`` with one row per image --
+    ``image,<class 1>,...,<class K>,predicted`` (probabilities, then the most likely class name). Written once at
+    the end, to a temporary file renamed into place."""
+
+    def __init__(self, output_dir: str, class_names, filename: str = "predictions.csv") -> None:
+        self.output_dir = output_dir
+        self.class_names = list(class_names)
+        self.filename = filename
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: setattr(self, "_rows", []))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _collect(self, engine: Engine) -> None:
+        for item in engine.state.output:
+            prob = torch.as_tensor(item["pred"]).detach().float().cpu().reshape(-1)
+            if len(prob) != len(self.class_names):
+                raise ValueError(f"network gives {len(prob)} outputs but {len(self.class_names)} class_names are set")
+            meta = getattr(item.get("image"), "meta", {}) or {}
+            self._rows.append((str(meta.get("filename_or_obj", len(self._rows))), prob.tolist()))
+
+    def __call__(self, engine: Engine) -> str:
+        import csv
+
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, self.filename)
+        with open(path + ".tmp", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", *self.class_names, "predicted"])
+            for name, prob in self._rows:
+                w.writerow([name, *[f"{p:.6f}" for p in prob], self.class_names[int(np.argmax(prob))]])
+        os.replace(path + ".tmp", path)
+        logger.info(f"wrote {len(self._rows)} predictions to {path}")
+        return path
