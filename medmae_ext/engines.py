@@ -101,6 +101,6 @@ def autocast_iteration(device, amp: bool, dtype: str = "bfloat16"):
 
     def iteration(engine, batchdata):
         with torch.autocast(device.type, dtype=cast):
-            return type(engine)._iteration(engine, batchdata)
+            return engine._iteration(engine, batchdata)
 
     return iteration
