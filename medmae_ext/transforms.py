@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -23,7 +25,8 @@ def source_of(data: dict, key: str) -> str:
 class LoadImaged(_MonaiLoadImaged):
     """MONAI ``LoadImaged`` that also takes items whose image is already an array (MedMNIST ``.npz``, in-memory sets).
 
-    A file path (or a DICOM series folder) is loaded by MONAI as usual. An array or tensor is taken as it is -- it
+    A file path (or a DICOM series folder) is loaded by MONAI as usual; a series is named after its folder (MONAI
+    names it after one of its slice files), so that outputs are named after the series. An array or tensor is taken as it is -- it
     must be channel first, as :func:`medmae_ext.data.load_medmnist_npz` makes it -- and wrapped in a ``MetaTensor``
     whose ``filename_or_obj`` is the item's ``id``, so every later transform and error message sees the same thing
     whichever reader made the item. The bundles' transform chains therefore work unchanged for every ``data_format``.
@@ -33,7 +36,12 @@ class LoadImaged(_MonaiLoadImaged):
         d = dict(data)
         arrays = [k for k in self.key_iterator(d) if isinstance(d[k], (np.ndarray, torch.Tensor))]
         if not arrays:
-            return super().__call__(d, reader)
+            folders = {k: str(d[k]) for k in self.key_iterator(d) if isinstance(d[k], str) and os.path.isdir(d[k])}
+            d = super().__call__(d, reader)
+            for k, folder in folders.items():  # a DICOM series: name it (and its outputs) after its folder
+                if isinstance(d[k], MetaTensor):
+                    d[k].meta["filename_or_obj"] = os.path.normpath(folder)
+            return d
         others = [k for k in self.key_iterator(d) if k not in arrays]
         if others:
             raise TypeError(f"{source_of(d, arrays[0])}: {arrays} are arrays but {others} are not: give every key of "
