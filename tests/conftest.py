@@ -50,3 +50,21 @@ def initial_weights(tmp_path_factory, bundle: str, config: str) -> str:
     path = tmp_path_factory.mktemp(f"{bundle}_init") / "model.pt"
     torch.save(p.get_parsed_content("network_def").state_dict(), path)
     return str(path)
+
+
+class captured_warnings:
+    """Collect the WARNING+ messages of one logger (a bundle's logging.conf replaces pytest's own log capture)."""
+
+    def __init__(self, name: str):
+        import logging
+
+        self.logger, self.messages = logging.getLogger(name), []
+        self.handler = logging.Handler(logging.WARNING)
+        self.handler.emit = lambda record: self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        self.logger.addHandler(self.handler)
+        return self.messages
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
