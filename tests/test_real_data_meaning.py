@@ -119,3 +119,11 @@ def test_shared_pneumoniamnist_reads_as_two_classes_in_png_orientation():
         np.testing.assert_allclose(items[7]["image"], np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(png)) / 255.0)
     finally:
         os.remove(png)
+
+
+def test_segmentation_bundle_refuses_a_format_without_masks(tmp_path, npz):
+    with pytest.raises(Exception) as info:
+        run_bundle("unetr_segmentation", "train.json", bundle_root=str(tmp_path), data_format="medmnist",
+                   data_path=str(npz / "toy.npz"), epochs=1, num_workers=0, pretrained_ckpt="scratch")
+    msg = [str(e) for e in _chain(info.value) if isinstance(e, DatalistError)]
+    assert msg and "'medmnist' carries no segmentation masks" in msg[0]
