@@ -1,5 +1,5 @@
 """Checks of a run's settings made before training starts, so that a short run does not silently skip part of
-its recipe."""
+its recipe. (MSMAE's attention start is checked by :class:`~medmae_ext.attention.AttentionRefresher`, which owns it.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ logger = logging.getLogger(__name__)
 
 _WHAT = {
     "warmup_epochs": "the learning rate is still warming up when the run ends (the cosine decay never happens)",
-    "attention_start_epoch": "attention masking never starts: every batch is masked at random (plain MAE)",
     "val_interval": "no validation runs, so the best-model models/model.pt is never written",
 }
 

@@ -154,15 +154,16 @@ def test_unetr_refuses_a_partial_encoder(tmp_path_factory):
 def test_schedules_longer_than_the_run_are_warned(tmp_path, synth2d):
     from medmae_ext.checks import warn_short_schedule
 
-    assert warn_short_schedule(10, warmup_epochs=3, attention_start_epoch=4, val_interval=10) == []
-    msgs = warn_short_schedule(10, attention_start_epoch=20, val_interval=11)
-    assert "attention_start_epoch=20 with epochs=10: attention masking never starts" in msgs[0]
+    assert warn_short_schedule(10, warmup_epochs=3, val_interval=10) == []
+    msgs = warn_short_schedule(10, warmup_epochs=10, val_interval=11)
+    assert "warmup_epochs=10 with epochs=10: the learning rate is still warming up" in msgs[0]
     assert "val_interval=11" in msgs[1] and "model.pt is never written" in msgs[1]
     with captured_warnings("medmae_ext") as said:
         run_bundle("msmae_pretrain", "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, epochs=1,
                    epoch_length=1, batch_size=4, num_workers=0, max_items=8)
-    assert any("attention_start_epoch=20 with epochs=1" in m for m in said)
-    assert any("attention_start_epoch=20 but the run has only 1 epochs" in m for m in said)  # the handler too
+    assert any("attention_start_epoch=20 but the run has only 1 epochs: attention masking never starts" in m
+               for m in said)
+    assert any("warmup_epochs=4 with epochs=1" in m for m in said)
 
 
 def test_exported_torchscript_carries_the_runs_metadata(tmp_path, synth2d):
