@@ -39,7 +39,9 @@ def run(bundle: str, config: str, run_id: str, **override) -> float:
 def main(data_format: str = "datalist", data_path: str | None = None, class_names=None, img_size=(64, 64),
          patch_size=(8, 8), seeds=(0, 1), pretrain_epochs: int = 30, epochs: int = 15, batch_size: int = 64,
          attention_start_epoch: int = 10, eval_split: str = "validation", work_dir: str = "runs/compare_cls",
-         num_workers: int = 0):
+         num_workers: int = 0, reuse_pretraining: bool = False):
+    """``reuse_pretraining``: keep a seed's pretrained ``models/model.pt`` already under ``work_dir`` (a rerun that
+    only changes the fine-tuning) instead of pretraining again."""
     data = {"data_format": data_format, "img_size": list(img_size), "patch_size": list(patch_size),
             "batch_size": batch_size, "num_workers": num_workers, "resume": False}
     if data_path:
@@ -50,12 +52,17 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
         root = os.path.join(work_dir, f"seed{seed}")
         mae = os.path.join(root, "mae")
         msmae = os.path.join(root, "msmae")
-        t = run("mae_pretrain", "train.json", "training", bundle_root=mae, seed=seed, epochs=pretrain_epochs, **data)
-        print(f"seed {seed}: mae_pretrain {t:.0f} s", flush=True)
-        t = run("msmae_pretrain", "train.json", "training", bundle_root=msmae, seed=seed, epochs=pretrain_epochs,
-                num_classes=len(class_names) if class_names else 3, attention_start_epoch=attention_start_epoch,
-                attention_interval=max(1, attention_start_epoch), **data)
-        print(f"seed {seed}: msmae_pretrain {t:.0f} s", flush=True)
+        def done(folder):
+            return reuse_pretraining and os.path.isfile(os.path.join(folder, "models", "model.pt"))
+
+        if not done(mae):
+            t = run("mae_pretrain", "train.json", "training", bundle_root=mae, seed=seed, epochs=pretrain_epochs, **data)
+            print(f"seed {seed}: mae_pretrain {t:.0f} s", flush=True)
+        if not done(msmae):
+            t = run("msmae_pretrain", "train.json", "training", bundle_root=msmae, seed=seed, epochs=pretrain_epochs,
+                    num_classes=len(class_names) if class_names else 3, attention_start_epoch=attention_start_epoch,
+                    attention_interval=max(1, attention_start_epoch), **data)
+            print(f"seed {seed}: msmae_pretrain {t:.0f} s", flush=True)
         arms = {
             "scratch (no layer decay)": dict(pretrained_ckpt="scratch", layer_decay=1.0),
             "MAE": dict(pretrained_ckpt=os.path.join(mae, "models", "model.pt")),
