@@ -95,7 +95,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
         print(f"| {name} | {cell([m['mean_auc'] for m in ms])} | {cell([m['accuracy'] for m in ms])} | "
               f"{cell([m['macro_f1'] for m in ms])} | " + " | ".join(recalls)
               + f" | {statistics.mean(m['time'] for m in ms):.0f} s |")
-    return results
+
 
 
 if __name__ == "__main__":
