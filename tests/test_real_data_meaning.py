@@ -106,19 +106,16 @@ def test_validation_reports_accuracy_f1_recall_and_warns_on_one_class(tmp_path, 
 
 
 @pytest.mark.skipif(not os.path.isfile(PNEUMONIA), reason="../shared PneumoniaMNIST is not present")
-def test_shared_pneumoniamnist_reads_as_two_classes_in_png_orientation():
+def test_shared_pneumoniamnist_reads_as_two_classes_in_png_orientation(tmp_path):
     from medmae_ext.data import check_labels, dataset_items
     from monai.transforms import LoadImage
 
     items = check_labels(dataset_items("medmnist", PNEUMONIA, "training"), 2, class_names=["normal", "pneumonia"])
     assert len(items) == 3882 and sum(i["label"] == 0 for i in items) == 388
     raw = np.load(PNEUMONIA)["train_images"][7]
-    png = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_png_tmp.png")
-    try:
-        Image.fromarray(raw).save(png)
-        np.testing.assert_allclose(items[7]["image"], np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(png)) / 255.0)
-    finally:
-        os.remove(png)
+    png = str(tmp_path / "x.png")
+    Image.fromarray(raw).save(png)
+    np.testing.assert_allclose(items[7]["image"], np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(png)) / 255.0)
 
 
 def test_segmentation_bundle_refuses_a_format_without_masks(tmp_path, npz):

@@ -15,6 +15,7 @@ logged; any other shape mismatch is an error naming the key.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -49,9 +50,17 @@ def init_description(ckpt_path) -> str:
         return "scratch"
     if not os.path.isfile(ckpt_path):
         return f"encoder of {os.path.abspath(ckpt_path)} (missing)"
+    st = os.stat(ckpt_path)
+    return f"encoder of {os.path.abspath(ckpt_path)} (sha256 {_digest(os.path.abspath(ckpt_path), st.st_mtime_ns, st.st_size)})"
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 prefix of a file, computed once per (path, modification time, size): the run identity and the
+    initialisation log line both ask for it."""
     from ..checkpoints import _sha256
 
-    return f"encoder of {os.path.abspath(ckpt_path)} (sha256 {_sha256(ckpt_path)})"
+    return _sha256(path)
 
 
 def read_state_dict(path: str, key: str | None = None) -> dict[str, torch.Tensor]:
