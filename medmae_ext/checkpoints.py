@@ -83,8 +83,9 @@ class RunIdentity:
 
     def __init__(self, network, init: str = "random", data=None, data_source: str = "", epochs: int | None = None):
         net = _unwrap(network)
-        shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
-        n_params = sum(v.numel() for v in net.state_dict().values())
+        state = net.state_dict()
+        shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
+        n_params = sum(v.numel() for v in state.values())
         self.network = f"{type(net).__name__} ({n_params} values, shapes #{hashlib.sha256(shapes.encode()).hexdigest()[:12]})"
         self.init = str(init)
         keys = sorted(str(it.get("id", it.get("image"))) if isinstance(it, dict) else str(it) for it in (data or []))
@@ -177,9 +178,7 @@ def resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool = True,
             )
         logger.info(f"resuming from {path} (epoch {done_epoch} of {identity.epochs}); run: {identity.init}")
         return path
-    leftovers = [os.path.join(ckpt_dir, f) for f in extra_files if os.path.isfile(os.path.join(ckpt_dir, f))]
-    if leftovers or list_checkpoints(ckpt_dir):
-        move_previous_outputs(ckpt_dir, extra_files)  # unreadable checkpoints or a model.pt with no run behind it
+    move_previous_outputs(ckpt_dir, extra_files)  # unreadable checkpoints or a model.pt with no run behind it
     return None
 
 

@@ -8,13 +8,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from .checkpoints import _unwrap
 from .networks.patching import patchify, unpatchify
 
 __all__ = ["ReconstructionSaver", "reconstruction_panel"]
-
-
-def _unwrap(net):
-    return getattr(net, "module", net)
 
 
 def _to_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
