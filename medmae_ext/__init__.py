@@ -16,4 +16,8 @@ def bundle_root(name: str) -> str:
     return here if os.path.isfile(os.path.join(here, "configs", "metadata.json")) else "."
 
 
+from . import errors  # noqa: E402
+
+errors.install_excepthook()
+
 from . import attention, checkpoints, checks, data, engines, handlers, losses, masking, metadata, networks, optim, pictures, reports, transforms, workflow  # noqa: E402,F401

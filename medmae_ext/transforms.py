@@ -11,8 +11,11 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImaged as _MonaiLoadImaged
 from monai.transforms import MapTransform, Spacingd
 from monai.transforms.traits import RandomizableTrait
+from monai.utils import convert_to_dst_type
 
-__all__ = ["LoadImaged", "ValidateImaged", "AttachAttentiond", "LabelSafeSpacingd", "source_of"]
+from .errors import ImageReadError
+
+__all__ = ["LoadImaged", "ValidateImaged", "RemapLabeld", "AttachAttentiond", "LabelSafeSpacingd", "source_of"]
 
 
 def source_of(data: dict, key: str) -> str:
@@ -20,6 +23,23 @@ def source_of(data: dict, key: str) -> str:
     meta = getattr(data.get(key), "meta", None) or {}
     src = meta.get("filename_or_obj") or data.get("id")
     return f"'{src}'" if src else "(in-memory item)"
+
+
+class _NamingLoader:
+    """Wraps MONAI's ``LoadImage`` so that a file it cannot read raises :class:`ImageReadError` naming the file
+    (a truncated ``.nii.gz`` otherwise says only ``EOFError: Compressed file ended ...``)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __call__(self, filename, reader=None):
+        try:
+            return self.loader(filename, reader)
+        except Exception as e:
+            raise ImageReadError(f"cannot read {filename}: {type(e).__name__}: {e}") from e
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
 
 
 class LoadImaged(_MonaiLoadImaged):
@@ -30,7 +50,12 @@ class LoadImaged(_MonaiLoadImaged):
     must be channel first, as :func:`medmae_ext.data.load_medmnist_npz` makes it -- and wrapped in a ``MetaTensor``
     whose ``filename_or_obj`` is the item's ``id``, so every later transform and error message sees the same thing
     whichever reader made the item. The bundles' transform chains therefore work unchanged for every ``data_format``.
+    A file that cannot be read raises :class:`~medmae_ext.errors.ImageReadError` naming it.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loader = _NamingLoader(self._loader)
 
     def __call__(self, data, reader=None):
         d = dict(data)
@@ -88,6 +113,37 @@ class ValidateImaged(MapTransform):
                     f"{source_of(d, key)}: '{key}' has {shape[0]} channel(s) (shape {shape}) but the network expects "
                     f"{self.channels} (config id 'in_channels'): convert the images or change 'in_channels'."
                 )
+        return d
+
+
+class RemapLabeld(MapTransform):
+    """Map a source atlas's label ids to the bundle's classes; ids the map does not name become background (0).
+
+    ``label_map`` is the config id of the same name: ``{source_id: class_index}`` (keys may be strings, as JSON
+    writes them), e.g. TotalSegmentator v2 -> this bundle's liver/spleen/kidney/aorta
+    ``{"5": 1, "1": 2, "2": 3, "3": 3, "52": 4}``. ``None`` (the default) leaves labels unchanged. Place it right after
+    loading, before any resampling, so that only the source ids are ever seen. The map is checked by
+    :func:`medmae_ext.data.label_lookup` (errors name the config id ``label_map``)."""
+
+    def __init__(self, keys: KeysCollection, label_map: dict | None, num_classes: int,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        from .data.segmentation import label_lookup
+
+        self.lut = label_lookup(label_map, num_classes)
+
+    def __call__(self, data):
+        d = dict(data)
+        if self.lut is None:
+            return d
+        lut = torch.as_tensor(self.lut)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            ids = torch.as_tensor(np.asarray(lab) if isinstance(lab, np.ndarray) else lab.as_subclass(torch.Tensor))
+            ids = torch.round(ids).long()
+            inside = (ids >= 0) & (ids < len(lut))
+            mapped = torch.where(inside, lut[ids.clamp(0, len(lut) - 1)], torch.zeros_like(ids))
+            d[key] = convert_to_dst_type(mapped, lab, dtype=lab.dtype)[0]
         return d
 
 

@@ -65,9 +65,40 @@ def test_dicom_series_folder_is_an_inference_input_named_after_the_series(unetr_
     m = nib.load(tmp_path / "out" / "example_ct_dicom_seg.nii.gz")
     ref = itk.imread(series)
     assert list(m.shape) == list(itk.size(ref))  # 512 x 512 x 20: thinner than the 64-voxel window
-    assert np.allclose(m.header.get_zooms(), tuple(itk.spacing(ref)), atol=1e-4)
-    origin = np.asarray(itk.origin(ref)) * [-1, -1, 1]  # ITK's LPS origin in NIfTI's RAS
-    assert np.allclose(m.affine[:3, 3], origin, atol=1e-3)
+    assert np.allclose(m.affine, _itk_ras_affine(ref), atol=1e-3)  # spacing, origin and direction of the series
+
+
+def _itk_ras_affine(img) -> np.ndarray:
+    """The voxel-to-RAS affine of an ITK image (ITK's physical space is LPS)."""
+    direction = np.asarray(img.GetDirection()) @ np.diag(np.asarray(img.GetSpacing()))
+    aff = np.eye(4)
+    aff[:3, :3], aff[:3, 3] = direction, np.asarray(img.GetOrigin())
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+
+
+def test_dicom_series_is_a_datalist_image_whose_label_is_checked_on_its_grid(tmp_path):
+    import itk
+
+    from medmae_ext.data import check_segmentation_items
+    from medmae_ext.errors import LabelError
+
+    series = os.path.join(CT, "example_ct_dicom")
+    ref = itk.imread(series)
+    hu = itk.array_view_from_image(ref).transpose(2, 1, 0)  # ITK index order (i, j, k)
+    lab = np.zeros(hu.shape, np.uint8)
+    for c, (lo, hi) in enumerate(((-10, 60), (60, 150), (150, 300), (300, 4000)), start=1):
+        lab[(hu > lo) & (hu <= hi)] = c
+    names = {"0": "background", "1": "a", "2": "b", "3": "c", "4": "d"}
+    affine = _itk_ras_affine(ref)
+    nib.save(nib.Nifti1Image(lab, affine), tmp_path / "on_grid.nii.gz")
+    item = {"image": series, "label": str(tmp_path / "on_grid.nii.gz"), "id": "example_ct_dicom"}
+    assert check_segmentation_items([item], names, in_channels=1)
+    off = affine.copy()
+    off[:3, 3] += affine[:3, 2]  # one slice along the series
+    nib.save(nib.Nifti1Image(lab, off), tmp_path / "off_grid.nii.gz")
+    with pytest.raises(LabelError, match="different positions in space") as info:
+        check_segmentation_items([{**item, "label": str(tmp_path / "off_grid.nii.gz")}], names)
+    assert series in str(info.value) and "off_grid.nii.gz" in str(info.value)
 
 
 def test_pretraining_reads_real_volumes_a_dicom_series_and_thin_mri(tmp_path):

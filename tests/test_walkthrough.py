@@ -10,6 +10,7 @@ import subprocess
 
 import nibabel as nib
 import pytest
+import torch
 from conftest import BUNDLES, REPO
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
@@ -17,19 +18,26 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "
                                 reason="../shared/data is not present")
 
 
-def readme_commands(heading: str = "## Real data walk-through") -> list[str]:
-    text = open(os.path.join(REPO, "README.md")).read()
+def readme_commands(heading: str = "## Real data walk-through", readme: str = "README.md") -> list[str]:
+    text = open(os.path.join(REPO, readme)).read()
     section = text[text.index(heading):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [ln for ln in block.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+def _repo_copy(tmp_path):
+    """The bundles and scripts in a fresh folder next to a link to ../shared, as a developer's checkout has them."""
+    repo = tmp_path / "repo"
+    shutil.copytree(BUNDLES, repo / "bundles", ignore=shutil.ignore_patterns("data", "models", "eval", "logs", "runs"))
+    shutil.copytree(os.path.join(REPO, "scripts"), repo / "scripts")
+    os.symlink(SHARED, tmp_path / "shared")
+    return repo
+
+
 def test_walkthrough_runs_as_written(tmp_path):
     cmds = readme_commands()
     assert len(cmds) == 7 and all(c.startswith("python -m monai.bundle run") for c in cmds)
-    repo = tmp_path / "repo"
-    shutil.copytree(BUNDLES, repo / "bundles", ignore=shutil.ignore_patterns("data", "models", "eval", "logs", "runs"))
-    os.symlink(SHARED, tmp_path / "shared")
+    repo = _repo_copy(tmp_path)
     outputs = []
     for cmd in cmds:
         r = subprocess.run(["bash", "-c", cmd], cwd=repo, capture_output=True, text=True, timeout=900)
@@ -45,3 +53,29 @@ def test_walkthrough_runs_as_written(tmp_path):
     assert "loaded from encoder of" in outputs[5] and "/mae_pretrain/models/3d/model.pt" in outputs[5]
     seg = nib.load(b / "unetr_segmentation" / "eval" / "example_ct_dicom_seg.nii.gz")
     assert seg.shape == (512, 512, 20)
+
+
+def test_unetr_real_ct_recipe_runs_as_written(tmp_path):
+    """bundles/unetr_segmentation/docs: atlas-id labels on real CT (and a DICOM series in the datalist) train and
+    evaluate through --label_map; the same training without it stops before the first iteration."""
+    cmds = readme_commands("## Real CT", "bundles/unetr_segmentation/docs/README.md")
+    assert len(cmds) == 3 and "--label_map" in cmds[1] and "--label_map" in cmds[2]
+    repo = _repo_copy(tmp_path)
+    outputs = []
+    for cmd in cmds:
+        r = subprocess.run(["bash", "-c", cmd], cwd=repo, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        outputs.append(r.stdout + r.stderr)
+    dl = json.load(open(repo / "atlas_demo" / "datalist.json"))
+    assert any(os.path.isdir(it["image"]) for it in dl["training"])  # the DICOM series, as a datalist image
+    b = repo / "bundles" / "unetr_segmentation"
+    assert "label_map [(1, 2), (2, 3), (3, 3), (5, 1), (52, 4)]" in torch.load(
+        b / "models" / "checkpoint_1.pt", weights_only=True)["run"]["data"]
+    rows = open(b / "eval" / "validation" / "mean_dice_raw.csv").read().splitlines()
+    assert len(rows) == 2 and "ct_cropped" in rows[1]  # one validation case, scored with the mapped labels
+    without = re.sub(r' --label_map "[^"]*"', "", cmds[1]).replace("--resume False", "--bundle_root bundles/x")
+    r = subprocess.run(["bash", "-c", without], cwd=repo, capture_output=True, text=True, timeout=900)
+    assert r.returncode != 0
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert "example_ct_atlas.nii.gz has values [5, 6, 52, 117] outside the classes 0..4" in err[-1]
+    assert not os.path.exists(repo / "bundles" / "x" / "models")

@@ -19,7 +19,7 @@ from .readers import DatalistError, check_files, image_list, load_datalist, load
 
 __all__ = [
     "CHESTXRAY14_CLASSES", "HAM10000_CLASSES", "split_items", "chestxray14_csv", "ham10000_csv", "messidor2_csv",
-    "image_folder", "classification_datalist", "dataset_items", "segmentation_items", "check_labels",
+    "image_folder", "classification_datalist", "dataset_items", "check_labels",
 ]
 
 CHESTXRAY14_CLASSES = [
@@ -263,20 +263,6 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
     if data_format not in readers:
         raise DatalistError(f"unknown data_format {data_format!r}: use one of {sorted(readers)}")
     items = readers[data_format]()
-    return items[: int(max_items)] if max_items else items
-
-
-def segmentation_items(data_format: str, path: str, split: str = "training", max_items: int | None = None,
-                       **kwargs) -> list[dict]:
-    """Image + label-map items for segmentation bundles: ``data_format`` must be ``datalist`` (a decathlon JSON whose
-    items have ``image`` and ``label`` files, e.g. BTCV's ``dataset_0.json``); the other formats carry no masks and
-    are refused with that said."""
-    if data_format != "datalist":
-        raise DatalistError(
-            f"data_format {data_format!r} carries no segmentation masks: a segmentation bundle reads data_format "
-            "'datalist' (a decathlon-style JSON whose items have 'image' and 'label' files)"
-        )
-    items = load_datalist(path, split, required_keys=("image", "label"), **kwargs)
     return items[: int(max_items)] if max_items else items
 
 

@@ -15,12 +15,14 @@ from collections.abc import Sequence
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from ..errors import InputError
+
 __all__ = ["image_list", "is_dicom_series", "load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
 
 PATH_KEYS = ("image", "label", "mask", "lesion")
 
 
-class DatalistError(ValueError):
+class DatalistError(InputError):
     """A datalist (JSON / CSV / npz / folder) is malformed or names files that do not exist."""
 
 

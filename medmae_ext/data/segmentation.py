@@ -1,0 +1,193 @@
+"""Segmentation items (image + label map) and the checks that run on them before training.
+
+* :func:`segmentation_items` -- the datalist reader of the segmentation bundle (decathlon-style JSON; an ``image``
+  may be a NIfTI/NRRD/... file or a DICOM series folder).
+* :func:`label_lookup` -- the config id ``label_map`` (a source atlas's ids -> the bundle's classes) as a lookup
+  table, checked.
+* :func:`check_segmentation_items` -- reads every item's label (and its image's header) before the first
+  iteration: the label must lie on its image's grid (same voxels in space, whatever the storage order) and hold
+  integer values that are classes of ``label_names`` (after ``label_map``). Errors name the item, both files and
+  the offending values, so that a raw atlas label map or a label drawn on another series stops the run in seconds
+  instead of crashing mid-epoch (``index 5 is out of bounds``) or training on misaligned masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import ImageReadError, LabelError
+from .readers import DatalistError, load_datalist
+
+__all__ = ["segmentation_items", "label_lookup", "check_segmentation_items", "AFFINE_ATOL"]
+
+logger = logging.getLogger(__name__)
+
+#: two grids are the same when their voxel-to-world affines (in the same storage order) agree to this (mm)
+AFFINE_ATOL = 1e-2
+
+
+def segmentation_items(data_format: str, path: str, split: str = "training", max_items: int | None = None,
+                       **kwargs) -> list[dict]:
+    """Image + label-map items for segmentation bundles: ``data_format`` must be ``datalist`` (a decathlon JSON whose
+    items have ``image`` and ``label`` files, e.g. BTCV's ``dataset_0.json``; an ``image`` may be a DICOM series
+    folder); the other formats carry no masks and are refused with that said."""
+    if data_format != "datalist":
+        raise DatalistError(
+            f"data_format {data_format!r} carries no segmentation masks: a segmentation bundle reads data_format "
+            "'datalist' (a decathlon-style JSON whose items have 'image' and 'label' files)"
+        )
+    items = load_datalist(path, split, required_keys=("image", "label"), **kwargs)
+    return items[: int(max_items)] if max_items else items
+
+
+def _as_int(v, what: str) -> int:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise LabelError(f"label_map: {what} {v!r} is not an integer") from None
+    if f != int(f):
+        raise LabelError(f"label_map: {what} {v!r} is not an integer")
+    return int(f)
+
+
+def label_lookup(label_map: Mapping | None, num_classes: int) -> np.ndarray | None:
+    """``label_map`` ``{source_id: class_index}`` as a lookup table ``lut[source_id] = class_index`` (ids it does not
+    name -> 0, background); ``None`` for no mapping. Errors name the config id ``label_map``."""
+    if label_map is None:
+        return None
+    if not isinstance(label_map, Mapping) or not label_map:
+        raise LabelError(f"label_map must be a non-empty mapping {{source_id: class_index}}, got {label_map!r} "
+                         "(e.g. --label_map \"{5: 1, 1: 2, 2: 3, 3: 3, 52: 4}\")")
+    pairs = {_as_int(k, "source id"): _as_int(v, f"class for source id {k!r}") for k, v in label_map.items()}
+    bad = {k: v for k, v in pairs.items() if k < 0 or not 0 <= v < num_classes}
+    if bad:
+        raise LabelError(f"label_map entries {bad}: source ids must be >= 0 and classes within 0..{num_classes - 1} "
+                         "(the indices of label_names)")
+    lut = np.zeros(max(pairs) + 1, dtype=np.int64)
+    for k, v in pairs.items():
+        lut[k] = v
+    return lut
+
+
+def _is_nifti(path: str) -> bool:
+    return os.path.isfile(path) and path.lower().endswith((".nii", ".nii.gz"))
+
+
+def _read(path: str, with_data: bool):
+    """(spatial shape, channels, RAS affine, voxels or None) of an image/label file or DICOM series folder, as the
+    bundles' ``LoadImaged`` sees it; NIfTI headers are read without the voxels unless ``with_data``."""
+    try:
+        if _is_nifti(path):
+            img = nib.load(path)
+            shape = tuple(int(s) for s in img.shape)
+            spatial, channels = shape[:3], int(np.prod(shape[3:], dtype=np.int64))
+            data = np.asanyarray(img.dataobj).reshape(spatial + (channels,)) if with_data else None
+            return spatial, channels, np.asarray(img.affine, dtype=np.float64), data
+        from monai.transforms import LoadImage
+
+        arr = LoadImage(image_only=True, ensure_channel_first=True)(path)
+        data = np.moveaxis(np.asarray(arr), 0, -1) if with_data else None
+        return tuple(int(s) for s in arr.shape[1:]), int(arr.shape[0]), np.asarray(arr.affine, np.float64), data
+    except Exception as e:
+        raise ImageReadError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+
+
+def _canonical(shape, affine):
+    """Shape and affine of the same voxels stored in RAS order, so that a label saved in another storage order (LPS
+    from an ITK tool) still matches its image: the bundles' ``Orientationd`` makes them agree anyway."""
+    ornt = nib.orientations.io_orientation(affine)
+    new_aff = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    new_shape = [0] * len(shape)
+    for i, (axis, _) in enumerate(ornt):
+        new_shape[int(axis)] = shape[i]
+    return tuple(new_shape), new_aff
+
+
+def check_segmentation_items(items: list[dict], label_names, label_map: Mapping | None = None,
+                             in_channels: int | None = None, source: str = "datalist",
+                             require_all_classes: bool = True, image_key: str = "image",
+                             label_key: str = "label") -> list[dict]:
+    """Check every item's label map against its image and the bundle's classes; returns ``items``.
+
+    Per item (errors name the item, both files and the values): the label file and the image header can be read;
+    the image has ``in_channels`` channels; the label has one; both are the same grid (equal shape and affine once
+    stored in the same orientation, to :data:`AFFINE_ATOL` mm); label values are integers and, after
+    ``label_map`` (see :func:`label_lookup`), classes ``0 .. len(label_names) - 1``. Over the split: some
+    foreground exists, and (``require_all_classes``, the training split) every class of ``label_names`` occurs in
+    some label -- a class never seen cannot be learnt and usually means a ``label_map`` for another atlas version;
+    otherwise a warning. A ``label_map`` source id found in no label is warned about.
+    """
+    names = {int(k): v for k, v in dict(label_names).items()} if isinstance(label_names, Mapping) else dict(
+        enumerate(label_names))
+    num_classes = len(names)
+    lut = label_lookup(label_map, num_classes)
+    hint = ("set label_map to map the source ids to these classes (unetr_segmentation docs: 'Real CT')"
+            if lut is None else "extend label_map or fix the label file")
+    present: set[int] = set()
+    source_ids: set[int] = set()
+    for i, it in enumerate(items):
+        img_path, lab_path = it.get(image_key), it.get(label_key)
+        where = f"{source}: item {i} (id={it.get('id', '?')})"
+        if not isinstance(img_path, str) or not isinstance(lab_path, str):
+            raise LabelError(f"{where}: '{image_key}' and '{label_key}' must be file paths, got "
+                             f"{type(img_path).__name__} / {type(lab_path).__name__}")
+        i_shape, i_ch, i_aff, _ = _read(img_path, with_data=False)
+        l_shape, l_ch, l_aff, lab = _read(lab_path, with_data=True)
+        if in_channels is not None and i_ch != in_channels:
+            raise LabelError(f"{where}: image {img_path} has {i_ch} channel(s), the network expects {in_channels} "
+                             "(config id 'in_channels')")
+        if l_ch != 1:
+            raise LabelError(f"{where}: label {lab_path} has {l_ch} channels (shape {l_shape + (l_ch,)}); a label map "
+                             "is one integer class per voxel")
+        ci, cl = _canonical(i_shape, i_aff), _canonical(l_shape, l_aff)
+        if ci[0] != cl[0]:
+            raise LabelError(f"{where}: label {lab_path} has spatial shape {l_shape} but its image {img_path} has "
+                             f"{i_shape}: the label must be drawn on (saved on the grid of) its own image")
+        if not np.allclose(ci[1], cl[1], atol=AFFINE_ATOL):
+            diff = float(np.abs(ci[1] - cl[1]).max())
+            raise LabelError(f"{where}: label {lab_path} and image {img_path} have the same shape but different "
+                             f"positions in space (affines differ by up to {diff:.4g} mm):\nimage affine\n"
+                             f"{np.round(i_aff, 4)}\nlabel affine\n{np.round(l_aff, 4)}\nthe label must be saved on "
+                             "the grid of its own image")
+        values = np.unique(lab)
+        if values.dtype.kind == "f":
+            frac = values[values != np.round(values)]
+            if frac.size:
+                raise LabelError(f"{where}: label {lab_path} has non-integer values {frac[:5].tolist()}: a label map "
+                                 "holds class ids (resampled with linear interpolation? use nearest)")
+        ids = values.astype(np.int64)
+        if (ids < 0).any():
+            raise LabelError(f"{where}: label {lab_path} has negative values {ids[ids < 0][:10].tolist()}")
+        source_ids.update(ids.tolist())
+        if lut is None:
+            outside = ids[ids >= num_classes]
+            if outside.size:
+                raise LabelError(
+                    f"{where}: label {lab_path} has values {outside[:20].tolist()}"
+                    f"{' ...' if outside.size > 20 else ''} outside the classes 0..{num_classes - 1} of label_names "
+                    f"{names}: {hint}")
+            present.update(ids.tolist())
+        else:
+            present.update(np.where(ids < len(lut), lut[np.minimum(ids, len(lut) - 1)], 0).tolist())
+    if items and not present - {0}:
+        raise LabelError(f"{source}: every label is background only"
+                         f"{' after label_map ' + str(dict(label_map)) if lut is not None else ''} "
+                         f"(values found: {sorted(source_ids)[:30]}): {hint}")
+    missing = {c: names[c] for c in range(1, num_classes) if c not in present}
+    if items and missing:
+        msg = (f"{source}: classes {missing} of label_names occur in no label"
+               f"{' after label_map' if lut is not None else ''} (values found: {sorted(source_ids)[:30]})")
+        if require_all_classes:
+            raise LabelError(f"{msg}: the network cannot learn a class it never sees. Fix label_map (another atlas "
+                             "version?) or drop the class from label_names.")
+        logger.warning(msg)
+    if lut is not None and items:
+        unused = sorted(int(k) for k in np.flatnonzero(lut).tolist() if k not in source_ids)
+        if unused:
+            logger.warning(f"{source}: label_map source ids {unused} occur in no label of this split")
+    return items
