@@ -38,8 +38,16 @@ class _NamingLoader:
         except Exception as e:
             raise ImageReadError(f"cannot read {filename}: {type(e).__name__}: {e}") from e
 
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
+    def __getattr__(self, name):  # everything else is the wrapped loader's (MONAI Label sets image_only on it)
+        if "loader" not in self.__dict__:  # during unpickling / copying
+            raise AttributeError(name)
+        return getattr(self.__dict__["loader"], name)
+
+    def __setattr__(self, name, value):
+        if name == "loader":
+            self.__dict__["loader"] = value
+        else:
+            setattr(self.loader, name, value)
 
 
 class LoadImaged(_MonaiLoadImaged):
