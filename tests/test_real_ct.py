@@ -114,3 +114,59 @@ def test_pretraining_reads_real_volumes_a_dicom_series_and_thin_mri(tmp_path):
                     data_path=CT, data_kwargs={"pattern": "*"}, **fast)
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 2 and torch.isfinite(torch.as_tensor(trainer.state.output["loss"]))
+
+
+def _clinical_copy(series, dst):
+    """The shared series is anonymised (study / series UIDs blanked); a clinical series has them."""
+    import pydicom
+
+    os.makedirs(dst)
+    study, ser = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for f in sorted(os.listdir(series)):
+        ds = pydicom.dcmread(os.path.join(series, f))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, ser
+        ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.save_as(os.path.join(dst, f))
+    return str(dst)
+
+
+def test_dicom_series_segmentation_is_also_written_as_dicom_seg_on_the_source_slices(unetr_root, tmp_path):
+    """--dicom_seg True: <series>_seg.dcm references the series and each of its frames is the NIfTI mask's voxels at
+    that source slice -- the slice found by its pixel content in ITK's volume, independently of the writer's
+    geometry. An anonymised series (no study / series UID) stops with that said."""
+    import highdicom as hd
+    import itk
+    import pydicom
+
+    from medmae_ext.errors import InputError
+
+    with pytest.raises(Exception) as info:
+        run_bundle(B, "inference.json", run_id="run", bundle_root=str(unetr_root),
+                   input_dir=os.path.join(CT, "example_ct_dicom"), output_dir=str(tmp_path / "anon"), dicom_seg=True,
+                   **SMALL)
+    e = info.value
+    while e is not None and not isinstance(e, InputError):
+        e = e.__cause__ or e.__context__
+    assert e is not None and "no StudyInstanceUID, SeriesInstanceUID" in str(e) and "example_ct_dicom" in str(e)
+    series = _clinical_copy(os.path.join(CT, "example_ct_dicom"), tmp_path / "example_ct_dicom")
+    run_bundle(B, "inference.json", run_id="run", bundle_root=str(unetr_root), input_dir=series,
+               output_dir=str(tmp_path / "out"), dicom_seg=True, **SMALL)
+    assert sorted(os.listdir(tmp_path / "out")) == ["example_ct_dicom_seg.dcm", "example_ct_dicom_seg.nii.gz"]
+    mask = np.asarray(nib.load(tmp_path / "out" / "example_ct_dicom_seg.nii.gz").dataobj)  # [i, j, k]
+    assert np.unique(mask).size > 1
+    seg = hd.seg.segread(tmp_path / "out" / "example_ct_dicom_seg.dcm")
+    files = sorted(os.listdir(series))
+    sources = [pydicom.dcmread(os.path.join(series, f), stop_before_pixels=True) for f in files]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "spleen", "kidney", "aorta"]
+    assert str(seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning) == "Liver"
+    volume = itk.array_from_image(itk.imread(series))  # [k, j, i], as the bundle's reader stored the volume
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=[ds.SOPInstanceUID for ds in sources],
+                                               combine_segments=True)
+    for f, frame in zip(files, frames):
+        pixels = itk.array_from_image(itk.imread(os.path.join(series, f))).reshape(volume.shape[1:])
+        k = [n for n in range(volume.shape[0]) if np.array_equal(volume[n], pixels)]
+        assert len(k) == 1, f
+        np.testing.assert_array_equal(frame, mask[:, :, k[0]].T, err_msg=f)
