@@ -3,7 +3,7 @@ training config with ``amp`` forced on (the configs run it as CPU bf16 autocast 
 
 import pytest
 import torch
-from conftest import initial_weights, run_bundle
+from conftest import initial_weights
 
 from medmae_ext.masking import AttentionMasking, RandomMasking
 from medmae_ext.networks import MaskedAutoencoder, ViTClassifier

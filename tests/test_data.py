@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medmae_ext.data import DatalistError, load_datalist, load_medmnist_npz, make_synthetic_2d, make_synthetic_3d
+from medmae_ext.data import DatalistError, load_datalist, load_medmnist_npz, make_synthetic_2d
 from medmae_ext.transforms import ValidateImaged
 
 

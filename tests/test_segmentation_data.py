@@ -2,7 +2,6 @@
 ``label_map``, and an unreadable file is the first and last line a user reads, in all four bundles."""
 
 import json
-import logging
 import os
 import shutil
 import subprocess

@@ -34,15 +34,21 @@ def _repo_copy(tmp_path):
     return repo
 
 
-def test_walkthrough_runs_as_written(tmp_path):
-    cmds = readme_commands()
-    assert len(cmds) == 7 and all(c.startswith("python -m monai.bundle run") for c in cmds)
-    repo = _repo_copy(tmp_path)
+def _run_all(cmds, repo) -> list[str]:
+    """Run each command in ``repo`` as a shell would; every one must succeed. Returns their outputs."""
     outputs = []
     for cmd in cmds:
         r = subprocess.run(["bash", "-c", cmd], cwd=repo, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"{cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
         outputs.append(r.stdout + r.stderr)
+    return outputs
+
+
+def test_walkthrough_runs_as_written(tmp_path):
+    cmds = readme_commands()
+    assert len(cmds) == 7 and all(c.startswith("python -m monai.bundle run") for c in cmds)
+    repo = _repo_copy(tmp_path)
+    outputs = _run_all(cmds, repo)
     b = repo / "bundles"
     assert "initialisation: 90 encoder tensors loaded from encoder of" in outputs[2]  # the MAE encoder, said so
     m = json.load(open(b / "vit_classification" / "eval" / "validation" / "metrics.json"))
@@ -61,11 +67,7 @@ def test_unetr_real_ct_recipe_runs_as_written(tmp_path):
     cmds = readme_commands("## Real CT", "bundles/unetr_segmentation/docs/README.md")
     assert len(cmds) == 3 and "--label_map" in cmds[1] and "--label_map" in cmds[2]
     repo = _repo_copy(tmp_path)
-    outputs = []
-    for cmd in cmds:
-        r = subprocess.run(["bash", "-c", cmd], cwd=repo, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, f"{cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-        outputs.append(r.stdout + r.stderr)
+    _run_all(cmds, repo)
     dl = json.load(open(repo / "atlas_demo" / "datalist.json"))
     assert any(os.path.isdir(it["image"]) for it in dl["training"])  # the DICOM series, as a datalist image
     b = repo / "bundles" / "unetr_segmentation"
