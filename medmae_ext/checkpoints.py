@@ -10,6 +10,13 @@ epochs). :func:`resume_checkpoint` (the bundles' ``resume_ckpt``) reads it befor
 * another run: stop with a message naming both identities;
 * ``--resume False``: start fresh; every earlier output of the folder (checkpoints, ``model.pt``) is first moved to
   ``<ckpt_dir>/previous/<time>/`` so that nothing is lost and nothing of it is resumed or pruned later.
+
+Before deciding, it takes the folder's run lock (:mod:`medmae_ext.runlock`: a second run in the same folder stops)
+and deletes temporary files of interrupted saves. On resume, :class:`ResumeCheckpointLoader` keeps the *new* LR
+schedule length (``--epochs`` raised = a cosine over the new total, continued at the saved iteration) and refuses a
+checkpoint whose epochs had another number of iterations (batch size or data changed). The savers refuse to write
+non-finite weights, and :class:`BestModelSaver`'s best metric travels in the checkpoint, so a restart never replaces
+``model.pt`` with a worse model.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
+
+from .guards import NonFiniteError, non_finite_tensors
+from .runlock import acquire_run_lock, clean_stale_temp_files, release_run_lock
 
 __all__ = [
     "AtomicCheckpointSaver", "BestModelSaver", "ResumeCheckpointLoader", "RunIdentity", "RunMismatchError",
@@ -147,12 +157,28 @@ def resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool = True,
 
     Raises :class:`RunMismatchError` naming both runs when ``ckpt_dir`` holds another run or a finished one.
     """
+    import ignite.distributed as idist
+
+    if idist.get_rank() != 0:
+        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files)
+    acquire_run_lock(ckpt_dir)
+    try:
+        clean_stale_temp_files(ckpt_dir)
+        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files)
+    except BaseException:
+        release_run_lock(ckpt_dir)  # refused: this run never started
+        raise
+
+
+def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra_files) -> str | None:
     if not resume:
         move_previous_outputs(ckpt_dir, extra_files)
         return None
+    unreadable = []
     for epoch, path in reversed(list_checkpoints(ckpt_dir)):
         ckpt = _read_checkpoint(path)
         if ckpt is None:
+            unreadable.append(path)
             continue
         stored = ckpt.get(RUN_KEY)
         if not isinstance(stored, dict):
@@ -176,6 +202,9 @@ def resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool = True,
                 "again would end at once with the old model. Raise --epochs to train further, or start fresh with "
                 f"--resume False (earlier outputs are moved to {os.path.join(ckpt_dir, 'previous')}/)."
             )
+        if unreadable:
+            logger.warning(f"resuming from {path}, the newest intact checkpoint: {unreadable} cannot be read "
+                           "(truncated or corrupt)")
         logger.info(f"resuming from {path} (epoch {done_epoch} of {identity.epochs}); run: {identity.init}")
         return path
     move_previous_outputs(ckpt_dir, extra_files)  # unreadable checkpoints or a model.pt with no run behind it
@@ -187,9 +216,32 @@ class ResumeCheckpointLoader(CheckpointLoader):
     :class:`AtomicCheckpointSaver`), so training continues at the saved epoch. The engine is added at attach time,
     which keeps bundle configs free of the trainer -> handlers -> trainer reference cycle."""
 
+    #: LR-scheduler attributes that describe *this* run's schedule (MONAI's WarmupCosineSchedule and kin); a
+    #: checkpoint's values are replaced by the configured ones after loading
+    SCHEDULE_ATTRS = ("t_total", "warmup_steps", "cycles", "warmup_multiplier", "end_lr", "base_lrs")
+
     def attach(self, engine: Engine) -> None:
         self.load_dict = {**self.load_dict, "trainer": engine}
+        self._schedules = [(obj, {a: list(v) if isinstance(v, list) else v for a in self.SCHEDULE_ATTRS
+                                  if (v := getattr(obj, a, None)) is not None})
+                           for obj in self.load_dict.values() if hasattr(obj, "lr_lambdas")]
         super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch_length = engine.state.epoch_length
+        super().__call__(engine)
+        if epoch_length is not None and engine.state.epoch_length != epoch_length:
+            raise RunMismatchError(
+                f"{self.load_path}: its epochs were {engine.state.epoch_length} iterations long, this run's are "
+                f"{epoch_length} (--batch_size, --epoch_length or the data changed), so its epoch count and LR "
+                "schedule cannot continue. Restore the old settings, or start fresh with --resume False."
+            )
+        for sched, configured in self._schedules:  # the new run's schedule, continued at the saved iteration
+            for a, v in configured.items():
+                setattr(sched, a, v)
+            for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["initial_lr"] = base
+                group["lr"] = base * fn(sched.last_epoch)
 
 
 class AtomicCheckpointSaver:
@@ -234,14 +286,25 @@ class AtomicCheckpointSaver:
         )
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
         engine.add_event_handler(Events.COMPLETED, self.save_model)
+        engine.add_event_handler(Events.COMPLETED, lambda _: release_run_lock(self.save_dir))
+
+    def _check_finite(self, engine: Engine) -> None:
+        bad = non_finite_tensors(_unwrap(self.save_dict[self.model_key]))
+        if bad:
+            raise NonFiniteError(
+                f"epoch {engine.state.epoch}: {len(bad)} weight tensor(s) are NaN/Inf (e.g. {bad[:3]}); nothing is "
+                f"saved, the checkpoints in {self.save_dir} stay as they were. Check the data for NaN/Inf or lower --lr."
+            )
 
     def save_model(self, engine: Engine) -> None:
         if not self.model_filename:
             return
+        self._check_finite(engine)
         state = _unwrap(self.save_dict[self.model_key]).state_dict()
         self._disk(state, self.model_filename)
 
     def __call__(self, engine: Engine) -> None:
+        self._check_finite(engine)
         self._checkpoint(engine)
         if self._checkpoint.last_checkpoint:
             path = os.path.abspath(os.path.join(self.save_dir, os.path.basename(str(self._checkpoint.last_checkpoint))))
@@ -279,10 +342,33 @@ class BestModelSaver:
         self.save_dir = save_dir
         self.network = network
         self.filename = filename
+        self._engine: Engine | None = None
+        self._restored: dict | None = None
 
     def attach(self, engine: Engine) -> None:
         self._disk = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
+        self._engine = engine
         engine.add_event_handler(Events.COMPLETED, self)
+        if self._restored is not None:
+            self.load_state_dict(self._restored)
+
+    def state_dict(self) -> dict:
+        """The evaluator's best key metric so far and its epoch: put this object in the training checkpoint
+        (``save_dict``/``load_dict`` key ``"best_model"``) so that a resumed run only replaces ``model.pt`` with a
+        better model."""
+        st = self._engine.state if self._engine is not None else None
+        if st is None:
+            return dict(self._restored or {"best_metric": -1.0, "best_metric_epoch": -1})
+        return {"best_metric": float(st.best_metric), "best_metric_epoch": int(st.best_metric_epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = {"best_metric": float(state["best_metric"]), "best_metric_epoch": int(state["best_metric_epoch"])}
+        if self._engine is not None:
+            self._engine.state.best_metric = self._restored["best_metric"]
+            self._engine.state.best_metric_epoch = self._restored["best_metric_epoch"]
+            if self._restored["best_metric_epoch"] >= 0:
+                logger.info(f"best validation metric so far: {self._restored['best_metric']:.4f} at epoch "
+                            f"{self._restored['best_metric_epoch']} (restored from the checkpoint)")
 
     def __call__(self, engine: Engine) -> None:
         import ignite.distributed as idist
@@ -293,6 +379,10 @@ class BestModelSaver:
             logger.warning(f"validation {name}={value} is not finite: {self.filename} is not written")
             return
         if engine.state.best_metric_epoch == engine.state.epoch:
+            bad = non_finite_tensors(_unwrap(self.network))
+            if bad:
+                raise NonFiniteError(f"{len(bad)} weight tensor(s) are NaN/Inf (e.g. {bad[:3]}): "
+                                     f"{os.path.join(self.save_dir, self.filename)} is not overwritten")
             self._disk(_unwrap(self.network).state_dict(), self.filename)  # DiskSaver writes on rank 0 only
             if idist.get_rank() == 0:
                 logger.info(f"new best {name}={engine.state.best_metric:.4f} at epoch "

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["warn_short_schedule"]
+from .errors import InputError
+
+__all__ = ["warn_short_schedule", "enough_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,3 +31,13 @@ def warn_short_schedule(epochs: int, **epoch_settings) -> list[str]:
     for msg in out:
         logger.warning(msg)
     return out
+
+
+def enough_items(items, batch_size: int, drop_last: bool = True, split: str = "training") -> int:
+    """Stop before training when the split has fewer items than one batch: with ``drop_last`` the epoch would have
+    no iteration and the run would end at once with no model (exit code 0). Returns the item count."""
+    n = len(items)
+    if n == 0 or (drop_last and n < int(batch_size)):
+        raise InputError(f"the {split} split has {n} item(s), fewer than one batch (--batch_size {batch_size}): "
+                         "an epoch would have no iteration. Lower --batch_size or add data.")
+    return n

@@ -13,7 +13,7 @@ from monai.transforms import MapTransform, Spacingd
 from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_dst_type
 
-from .errors import ImageReadError
+from .errors import ImageReadError, InputError
 
 __all__ = ["LoadImaged", "ValidateImaged", "RemapLabeld", "AttachAttentiond", "LabelSafeSpacingd", "source_of"]
 
@@ -91,6 +91,7 @@ class ValidateImaged(MapTransform):
         keys: keys to check (channel-first arrays).
         channels: expected channel count (the network's ``in_channels``).
         spatial_dims: expected number of spatial dimensions (2 or 3).
+        finite: NaN / Inf voxels are an error (one such image turns every weight into NaN within an iteration).
     """
 
     def __init__(
@@ -99,10 +100,12 @@ class ValidateImaged(MapTransform):
         channels: int | None = None,
         spatial_dims: int | None = None,
         allow_missing_keys: bool = False,
+        finite: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.channels = channels
         self.spatial_dims = spatial_dims
+        self.finite = finite
 
     def __call__(self, data):
         d = dict(data)
@@ -121,6 +124,14 @@ class ValidateImaged(MapTransform):
                     f"{source_of(d, key)}: '{key}' has {shape[0]} channel(s) (shape {shape}) but the network expects "
                     f"{self.channels} (config id 'in_channels'): convert the images or change 'in_channels'."
                 )
+            if self.finite:
+                t = torch.as_tensor(img)
+                if t.is_floating_point():
+                    bad = ~torch.isfinite(t)
+                    if bad.any():
+                        raise InputError(
+                            f"{source_of(d, key)}: '{key}' has {int(bad.sum())} NaN/Inf voxel(s) of {t.numel()} "
+                            f"(first at index {tuple(int(i) for i in bad.nonzero()[0])}): fix or drop this image.")
         return d
 
 

@@ -135,7 +135,8 @@ def chestxray14_csv(csv_path: str, image_dir: str, split: str = "training", spli
             p = os.path.join(split_dir, name)
             if not os.path.isfile(p):
                 raise DatalistError(f"official split file not found: {p}")
-            lists[name] = {ln.strip() for ln in open(p) if ln.strip()}
+            with open(p) as f:
+                lists[name] = {ln.strip() for ln in f if ln.strip()}
         if split == "test":
             chosen = [it for it in items if it["id"] in lists["test_list.txt"]]
         else:

@@ -9,7 +9,7 @@ import torch.nn as nn
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from monai.networks.layers import trunc_normal_
 
-from ..masking import RandomMasking
+from ..masking import RandomMasking, patch_counts
 from .vit import Block, ViTEncoder, check_sincos_dim, gather_tokens, init_mae_weights
 
 __all__ = ["MaskedAutoencoder"]
@@ -62,6 +62,10 @@ class MaskedAutoencoder(nn.Module):
             pos_embed_type="sincos", spatial_dims=spatial_dims,
         )
         self.masking = masking if masking is not None else RandomMasking(0.75)
+        ratio = getattr(self.masking, "mask_ratio", None)
+        if ratio is not None and patch_counts(self.encoder.num_patches, ratio, getattr(self.masking, "throw_ratio", 0.0))[0] < 1:
+            raise ValueError(f"mask_ratio={ratio} masks none of the {self.encoder.num_patches} patches: the MAE loss "
+                             "(on masked patches only) would be empty. Use a mask_ratio in (0, 1), e.g. 0.75.")
         self.in_channels = in_channels
         self.spatial_dims = spatial_dims
         self.patch_size = self.encoder.patch_size

@@ -18,6 +18,9 @@ __all__ = ["patchify", "unpatchify", "patch_weights", "grid_shape"]
 def grid_shape(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, ...]:
     if len(spatial_shape) != len(patch_size):
         raise ValueError(f"image has {len(spatial_shape)} spatial dims but patch_size has {len(patch_size)}.")
+    if any(int(p) < 1 for p in patch_size) or any(int(s) < 1 for s in spatial_shape):
+        raise ValueError(f"patch_size {tuple(patch_size)} and image size {tuple(spatial_shape)} must be positive "
+                         "(config ids 'patch_size' / 'img_size').")
     for i, (s, p) in enumerate(zip(spatial_shape, patch_size)):
         if s % p:
             raise ValueError(
