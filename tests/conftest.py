@@ -28,6 +28,20 @@ def synth3d(tmp_path_factory):
     return d
 
 
+def exception_chain(exc):
+    """``exc`` and every exception it wraps (MONAI wraps config, transform and dataset errors in RuntimeErrors)."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def raised(info, kind) -> str:
+    """The message of the first ``kind`` exception in the chain of a ``pytest.raises`` result (which must have one)."""
+    found = [e for e in exception_chain(info.value) if isinstance(e, kind)]
+    assert found, f"no {kind.__name__} in the chain of {info.value!r}"
+    return str(found[0])
+
+
 def bundle_config(bundle: str, name: str) -> str:
     return os.path.join(BUNDLES, bundle, "configs", name)
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, bundle_config, initial_weights, run_bundle
+from conftest import REPO, bundle_config, exception_chain, initial_weights, run_bundle
 from PIL import Image
 
 B = "vit_classification"
@@ -41,17 +41,12 @@ def test_train_from_pretrained_encoder(trained, mae_ckpt):
     assert max(lrs) / min(lrs) == pytest.approx(0.75 ** -7, rel=1e-6)
 
 
-def _chain(exc):
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
 
 def test_missing_pretrained_checkpoint_is_named(tmp_path, synth2d):
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d,
                    pretrained_ckpt=str(tmp_path / "nowhere" / "model.pt"), **FAST)
-    msgs = [str(e) for e in _chain(info.value) if isinstance(e, FileNotFoundError)]
+    msgs = [str(e) for e in exception_chain(info.value) if isinstance(e, FileNotFoundError)]
     assert msgs and "nowhere/model.pt" in msgs[0] and "'pretrained_ckpt'" in msgs[0]
 
 
@@ -86,7 +81,7 @@ def test_inference_on_empty_folder_names_it(tmp_path, trained):
     with pytest.raises(Exception) as info:
         run_bundle(B, "inference.json", run_id="run", bundle_root=str(root), input_dir=str(tmp_path / "empty"),
                    num_workers=0)
-    msgs = [str(e) for e in _chain(info.value) if isinstance(e, DatalistError)]
+    msgs = [str(e) for e in exception_chain(info.value) if isinstance(e, DatalistError)]
     assert msgs and "no file or DICOM series folder matches" in msgs[0] and "empty" in msgs[0]
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, captured_warnings, run_bundle
+from conftest import REPO, captured_warnings, exception_chain, run_bundle
 from PIL import Image
 
 from medmae_ext.data import DatalistError
@@ -18,11 +18,6 @@ FAST = dict(epochs=1, epoch_length=3, num_workers=0, batch_size=8, val_interval=
             img_size=[28, 28], patch_size=[4, 4], pretrained_ckpt="scratch")
 PNEUMONIA = os.path.join(os.path.dirname(REPO), "shared", "data", "pneumoniamnist_trainval.npz")
 
-
-def _chain(exc):
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +42,13 @@ def test_forgetting_class_names_on_binary_data_stops_before_training(tmp_path, n
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", bundle_root=str(tmp_path), data_format="medmnist", data_path=str(npz / "toy.npz"),
                    **FAST)
-    msg = [str(e) for e in _chain(info.value) if isinstance(e, DatalistError)]
+    msg = [str(e) for e in exception_chain(info.value) if isinstance(e, DatalistError)]
     assert msg and "labels use classes [0, 1] but the network has 3 outputs" in msg[0] and "--class_names" in msg[0]
     assert not os.path.exists(tmp_path / "models")  # nothing trained, nothing written
     with pytest.raises(Exception) as info:  # MSMAE's supervised head likewise
         run_bundle("msmae_pretrain", "train.json", bundle_root=str(tmp_path / "ms"), data_format="medmnist",
                    data_path=str(npz / "toy.npz"), img_size=[28, 28], patch_size=[4, 4], epochs=1, num_workers=0)
-    assert any("network has 3 outputs" in str(e) for e in _chain(info.value) if isinstance(e, DatalistError))
+    assert any("network has 3 outputs" in str(e) for e in exception_chain(info.value) if isinstance(e, DatalistError))
 
 
 def test_same_pixels_same_prediction_whichever_reader(tmp_path, npz):
@@ -122,5 +117,5 @@ def test_segmentation_bundle_refuses_a_format_without_masks(tmp_path, npz):
     with pytest.raises(Exception) as info:
         run_bundle("unetr_segmentation", "train.json", bundle_root=str(tmp_path), data_format="medmnist",
                    data_path=str(npz / "toy.npz"), epochs=1, num_workers=0, pretrained_ckpt="scratch")
-    msg = [str(e) for e in _chain(info.value) if isinstance(e, DatalistError)]
+    msg = [str(e) for e in exception_chain(info.value) if isinstance(e, DatalistError)]
     assert msg and "'medmnist' carries no segmentation masks" in msg[0]

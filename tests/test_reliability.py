@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLES, bundle_config, captured_warnings, run_bundle
+from conftest import BUNDLES, bundle_config, captured_warnings, raised, run_bundle
 
 from medmae_ext.checkpoints import RunMismatchError
 from medmae_ext.errors import InputError
@@ -26,16 +26,6 @@ FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, val_interval=
             pretrained_ckpt="scratch")
 
 
-def _causes(e):
-    while e is not None:
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _raised(info, kind):
-    found = [e for e in _causes(info.value) if isinstance(e, kind)]
-    assert found, f"no {kind.__name__} in the chain of {info.value!r}"
-    return str(found[0])
 
 
 def _workflow(config, **override):
@@ -59,7 +49,7 @@ def test_nan_voxels_stop_before_training_naming_the_file(tmp_path, synth3d):
     with pytest.raises(Exception) as info:
         run_bundle("mae_pretrain", "train_3d.json", bundle_root=str(tmp_path / "run"), dataset_dir=str(data),
                    epochs=1, num_workers=0)
-    msg = _raised(info, InputError)
+    msg = raised(info, InputError)
     assert str(bad) in msg and "1 NaN/Inf voxel(s)" in msg and "(0, 3, 4, 5)" in msg
     assert not os.path.exists(tmp_path / "run" / "models" / "3d" / "checkpoint_1.pt")
 
@@ -69,7 +59,7 @@ def test_a_non_finite_loss_stops_the_run_naming_iteration_and_samples(tmp_path, 
     with pytest.raises(Exception) as info:
         run_bundle("mae_pretrain", "train.json", bundle_root=str(tmp_path / "run"), dataset_dir=synth2d, epochs=2,
                    batch_size=8, num_workers=0, warmup_epochs=0, lr=1e30)
-    msg = _raised(info, NonFiniteError)
+    msg = raised(info, NonFiniteError)
     assert "at epoch 1, iteration 2" in msg and "batch samples: ['cxr_" in msg
     models = tmp_path / "run" / "models"
     assert not os.path.isdir(models) or not [f for f in os.listdir(models) if f.endswith(".pt")]
@@ -132,7 +122,7 @@ def test_a_changed_epoch_length_is_refused_on_resume(tmp_path, synth2d):
     run_bundle(B, "train.json", **kw)
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", **{**kw, "epochs": 2, "epoch_length": 3})
-    msg = _raised(info, RunMismatchError)
+    msg = raised(info, RunMismatchError)
     assert "were 2 iterations long, this run's are 3" in msg and "--resume False" in msg
 
 
@@ -162,9 +152,15 @@ def test_a_bad_validation_label_stops_before_the_first_epoch(tmp_path, synth2d):
     json.dump(dl, open(data / "datalist.json", "w"))
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", bundle_root=str(tmp_path / "run"), dataset_dir=str(data), **FAST)
-    msg = _raised(info, InputError)
+    msg = raised(info, InputError)
     assert "item 2" in msg and dl["validation"][2]["image"] in msg and "label 7 is outside 0..2" in msg
     assert not os.path.exists(tmp_path / "run" / "models" / "checkpoint_1.pt")
+    dl["validation"][2]["label"] = "pneumonia"  # a class name where an index belongs: not a "missing file"
+    json.dump(dl, open(data / "datalist.json", "w"))
+    with pytest.raises(Exception) as info:
+        run_bundle(B, "train.json", bundle_root=str(tmp_path / "run"), dataset_dir=str(data), **FAST)
+    msg = raised(info, InputError)
+    assert "label 'pneumonia' is not a class index" in msg and "missing" not in msg
 
 
 # 5. failure hygiene ------------------------------------------------------------------------------------------------
@@ -199,7 +195,7 @@ def test_an_unwritable_checkpoint_folder_stops_before_the_first_epoch(tmp_path, 
     try:
         with pytest.raises(Exception) as info:
             run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, **FAST)
-        assert "not writable" in _raised(info, PermissionError)
+        assert "not writable" in raised(info, PermissionError)
     finally:
         os.chmod(tmp_path / "models", 0o700)
 
@@ -209,7 +205,7 @@ def test_an_unwritable_checkpoint_folder_is_named(tmp_path, synth2d):
     (tmp_path / "models").write_text("not a folder")
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, **FAST)
-    msg = _raised(info, PermissionError)
+    msg = raised(info, PermissionError)
     assert str(tmp_path / "models") in msg and "--ckpt_dir" in msg
 
 
@@ -217,7 +213,7 @@ def test_fewer_items_than_a_batch_is_an_error(tmp_path, synth2d):
     with pytest.raises(Exception) as info:
         run_bundle("mae_pretrain", "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, epochs=1,
                    num_workers=0, batch_size=64, max_items=10)
-    assert "10 item(s), fewer than one batch (--batch_size 64)" in _raised(info, InputError)
+    assert "10 item(s), fewer than one batch (--batch_size 64)" in raised(info, InputError)
 
 
 @pytest.mark.parametrize("override,message", [({"patch_size": [0, 0]}, "must be positive"),
@@ -226,7 +222,7 @@ def test_impossible_settings_are_named(tmp_path, synth2d, override, message):
     with pytest.raises(Exception) as info:
         run_bundle("mae_pretrain", "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, epochs=1,
                    num_workers=0, **override)
-    assert message in _raised(info, ValueError)
+    assert message in raised(info, ValueError)
 
 
 # 6. one run per folder ---------------------------------------------------------------------------------------------
@@ -238,7 +234,7 @@ def test_a_second_run_in_the_same_folder_stops_naming_the_first(tmp_path, synth2
         lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "2026-11-24 09:00:00"}))
         with pytest.raises(Exception) as info:
             run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, **FAST)
-        msg = _raised(info, RunLockedError)
+        msg = raised(info, RunLockedError)
         assert f"pid {other.pid} on host {socket.gethostname()}" in msg and "2026-11-24 09:00:00" in msg
         assert lock.exists() and not os.path.exists(tmp_path / "models" / "checkpoint_1.pt")
     finally:

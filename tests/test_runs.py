@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, bundle_config, captured_warnings, initial_weights, run_bundle
+from conftest import REPO, bundle_config, captured_warnings, initial_weights, raised, run_bundle
 
 from medmae_ext.checkpoints import RunMismatchError
 
@@ -22,16 +22,6 @@ def mae_ckpt(tmp_path_factory):
     return initial_weights(tmp_path_factory, "mae_pretrain", "train.json")
 
 
-def _chain(exc):
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _raised(info, kind):
-    found = [e for e in _chain(info.value) if isinstance(e, kind)]
-    assert found, f"no {kind.__name__} in {info.value!r}"
-    return str(found[0])
 
 
 def _cli(*args, timeout=600):
@@ -72,14 +62,14 @@ def test_resume_refuses_another_run_and_a_finished_one(tmp_path, synth2d, mae_ck
     before = sorted(os.listdir(tmp_path / "models"))
     with pytest.raises(Exception) as info:  # same command again: the run is finished
         run_bundle(B, "train.json", pretrained_ckpt=mae_ckpt, **kw)
-    assert "already finished 1 epochs" in _raised(info, RunMismatchError)
+    assert "already finished 1 epochs" in raised(info, RunMismatchError)
     with pytest.raises(Exception) as info:  # another initialisation is another run
         run_bundle(B, "train.json", pretrained_ckpt="scratch", **kw)
-    msg = _raised(info, RunMismatchError)
+    msg = raised(info, RunMismatchError)
     assert "init: checkpoint has 'encoder of" in msg and "this run has 'scratch'" in msg and "--resume False" in msg
     with pytest.raises(Exception) as info:  # other data
         run_bundle(B, "train.json", pretrained_ckpt=mae_ckpt, data_kwargs={"max_items": 20}, **kw)
-    assert "data: checkpoint has" in _raised(info, RunMismatchError)
+    assert "data: checkpoint has" in raised(info, RunMismatchError)
     assert sorted(os.listdir(tmp_path / "models")) == before  # refusing touched nothing
     wf = run_bundle(B, "train.json", pretrained_ckpt=mae_ckpt, **{**kw, "epochs": 2})  # train further: resumes
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 4
@@ -102,7 +92,7 @@ def test_pruning_stays_within_the_run_and_resume_never_loads_an_older_run(tmp_pa
     kw = dict(bundle_root=str(tmp_path), dataset_dir=synth2d, pretrained_ckpt="scratch", **{**FAST, "epochs": 3})
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", **kw)
-    assert "holds another run's checkpoint (checkpoint_50.pt)" in _raised(info, RunMismatchError)
+    assert "holds another run's checkpoint (checkpoint_50.pt)" in raised(info, RunMismatchError)
     run_bundle(B, "train.json", resume=False, **kw)
     assert sorted(os.path.basename(p) for p in glob.glob(str(models / "checkpoint_*.pt"))) == [
         "checkpoint_2.pt", "checkpoint_3.pt"]  # the old run moved aside, this run's newest two kept
@@ -134,7 +124,7 @@ def test_a_partial_encoder_is_an_error_unless_allowed(tmp_path, synth2d, mae_ckp
     with pytest.raises(Exception) as info:  # through the bundle: the config id is named
         run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, pretrained_ckpt=mae_ckpt,
                    **{"network_def#num_layers": 12}, **FAST)
-    assert "allow_partial_encoder" in _raised(info, ValueError)
+    assert "allow_partial_encoder" in raised(info, ValueError)
 
 
 def test_unetr_refuses_a_partial_encoder(tmp_path_factory):

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, bundle_config, captured_warnings, run_bundle
+from conftest import REPO, bundle_config, captured_warnings, exception_chain, run_bundle
 
 from medmae_ext.data import check_segmentation_items, label_lookup
 from medmae_ext.errors import ImageReadError, InputError, LabelError, headline
@@ -143,7 +143,7 @@ def test_raw_atlas_labels_stop_the_bundle_before_training_and_label_map_trains(t
     with pytest.raises(Exception) as info:
         run_bundle("unetr_segmentation", "train.json", bundle_root=str(root), data_path=dl, **FAST, **FAST_NET)
     assert any(isinstance(x, LabelError) and "[5, 52, 117]" in str(x) and "ts0_lab.nii.gz" in str(x)
-               for x in _causes(info.value))
+               for x in exception_chain(info.value))
     assert not os.path.isdir(root / "models") or not os.listdir(root / "models")  # nothing trained, nothing written
     wf = run_bundle("unetr_segmentation", "train.json", bundle_root=str(root), data_path=dl, label_map=TS_V2, **FAST,
                     **FAST_NET)
@@ -161,14 +161,9 @@ def test_raw_atlas_labels_stop_the_bundle_before_training_and_label_map_trains(t
     with pytest.raises(Exception) as info:
         run_bundle("unetr_segmentation", "train.json", bundle_root=str(root), data_path=dl,
                    label_map={**TS_V2, 117: 4}, **{**FAST, "resume": True, "epochs": 2}, **FAST_NET)
-    mismatch = [x for x in _causes(info.value) if isinstance(x, RunMismatchError)]
+    mismatch = [x for x in exception_chain(info.value) if isinstance(x, RunMismatchError)]
     assert mismatch and "label_map" in str(mismatch[0])
 
-
-def _causes(e):
-    while e is not None:
-        yield e
-        e = e.__cause__ or e.__context__
 
 
 def test_headline_is_the_innermost_input_error():

@@ -86,7 +86,8 @@ def load_datalist(
             item["id"] = os.path.basename(str(img))
     if max_items:
         items = items[: int(max_items)]
-    return check_files(items, f"{datalist_file} [{data_list_key}]")
+    keys = PATH_KEYS if is_segmentation else tuple(k for k in PATH_KEYS if k != "label")  # else a class label
+    return check_files(items, f"{datalist_file} [{data_list_key}]", keys)
 
 
 _MEDMNIST_SPLITS = {"training": "train", "train": "train", "validation": "val", "val": "val", "test": "test"}
