@@ -296,21 +296,23 @@ class AtomicCheckpointSaver:
                 f"saved, the checkpoints in {self.save_dir} stay as they were. Check the data for NaN/Inf or lower --lr."
             )
 
+    def _write_model(self) -> None:
+        if self.model_filename:
+            self._disk(_unwrap(self.save_dict[self.model_key]).state_dict(), self.model_filename)
+
     def save_model(self, engine: Engine) -> None:
-        if not self.model_filename:
-            return
-        self._check_finite(engine)
-        state = _unwrap(self.save_dict[self.model_key]).state_dict()
-        self._disk(state, self.model_filename)
+        if self.model_filename:
+            self._check_finite(engine)
+            self._write_model()
 
     def __call__(self, engine: Engine) -> None:
-        self._check_finite(engine)
+        self._check_finite(engine)  # once for both files
         self._checkpoint(engine)
         if self._checkpoint.last_checkpoint:
             path = os.path.abspath(os.path.join(self.save_dir, os.path.basename(str(self._checkpoint.last_checkpoint))))
             if path not in self.own:
                 self.own.append(path)
-        self.save_model(engine)
+        self._write_model()
         self.prune()
 
     def prune(self) -> None:

@@ -27,6 +27,11 @@ class InputError(ValueError):
 class ImageReadError(InputError):
     """An image or label file (or DICOM series folder) cannot be read; the message names the file and the reason."""
 
+    @classmethod
+    def of(cls, path, cause: BaseException) -> "ImageReadError":
+        """The error for ``path``, whose reader raised ``cause`` (raise it ``from cause``)."""
+        return cls(f"cannot read {path}: {type(cause).__name__}: {cause}")
+
 
 class LabelError(InputError):
     """A segmentation label map does not fit its image or the bundle's classes (config ids ``label_names`` /

@@ -36,7 +36,7 @@ class _NamingLoader:
         try:
             return self.loader(filename, reader)
         except Exception as e:
-            raise ImageReadError(f"cannot read {filename}: {type(e).__name__}: {e}") from e
+            raise ImageReadError.of(filename, e) from e
 
     def __getattr__(self, name):  # everything else is the wrapped loader's (MONAI Label sets image_only on it)
         if "loader" not in self.__dict__:  # during unpickling / copying
@@ -152,16 +152,14 @@ class RemapLabeld(MapTransform):
         self.lut = label_lookup(label_map, num_classes)
 
     def __call__(self, data):
+        from .data.segmentation import map_label_ids
+
         d = dict(data)
         if self.lut is None:
             return d
-        lut = torch.as_tensor(self.lut)
         for key in self.key_iterator(d):
             lab = d[key]
-            ids = torch.as_tensor(np.asarray(lab) if isinstance(lab, np.ndarray) else lab.as_subclass(torch.Tensor))
-            ids = torch.round(ids).long()
-            inside = (ids >= 0) & (ids < len(lut))
-            mapped = torch.where(inside, lut[ids.clamp(0, len(lut) - 1)], torch.zeros_like(ids))
+            mapped = map_label_ids(np.round(np.asarray(lab)).astype(np.int64), self.lut)
             d[key] = convert_to_dst_type(mapped, lab, dtype=lab.dtype)[0]
         return d
 

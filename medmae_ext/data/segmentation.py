@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ImageReadError, LabelError
 from .readers import DatalistError, load_datalist
 
-__all__ = ["segmentation_items", "label_lookup", "check_segmentation_items", "AFFINE_ATOL"]
+__all__ = ["segmentation_items", "label_lookup", "map_label_ids", "check_segmentation_items", "AFFINE_ATOL"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,12 @@ def label_lookup(label_map: Mapping | None, num_classes: int) -> np.ndarray | No
     return lut
 
 
+def map_label_ids(ids: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Integer source ids -> classes through ``lut`` (from :func:`label_lookup`); ids outside it -> 0."""
+    inside = (ids >= 0) & (ids < len(lut))
+    return np.where(inside, lut[np.clip(ids, 0, len(lut) - 1)], 0)
+
+
 def _is_nifti(path: str) -> bool:
     return os.path.isfile(path) and path.lower().endswith((".nii", ".nii.gz"))
 
@@ -94,7 +100,7 @@ def _read(path: str, with_data: bool):
         data = np.moveaxis(np.asarray(arr), 0, -1) if with_data else None
         return tuple(int(s) for s in arr.shape[1:]), int(arr.shape[0]), np.asarray(arr.affine, np.float64), data
     except Exception as e:
-        raise ImageReadError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+        raise ImageReadError.of(path, e) from e
 
 
 def _canonical(shape, affine):
@@ -173,7 +179,7 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
                     f"{names}: {hint}")
             present.update(ids.tolist())
         else:
-            present.update(np.where(ids < len(lut), lut[np.minimum(ids, len(lut) - 1)], 0).tolist())
+            present.update(map_label_ids(ids, lut).tolist())
     if items and not present - {0}:
         raise LabelError(f"{source}: every label is background only"
                          f"{' after label_map ' + str(dict(label_map)) if lut is not None else ''} "
