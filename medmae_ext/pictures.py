@@ -76,7 +76,7 @@ class ReconstructionSaver:
         net = _unwrap(engine.network)
         thrown = result.get("thrown")
         panel = reconstruction_panel(
-            out["image"][:k], result["pred"][:k], result["mask"][:k], None if thrown is None else thrown[:k],
+            out["image"][:k], net.dense_prediction(result)[:k], result["mask"][:k], None if thrown is None else thrown[:k],
             net.patch_size, self.norm_pix,
         )
         os.makedirs(self.output_dir, exist_ok=True)

@@ -1,89 +1,186 @@
-"""Throughput of medmae's MaskedAutoencoder vs MONAI's MaskedAutoEncoderViT at the same size.
+"""MAE training-step speed: medmae vs the pre-rewrite medmae step vs MONAI's MaskedAutoEncoderViT, interleaved.
 
-Times one training step (forward + masked-patch loss + backward + AdamW step) on random data and prints a table.
+One training step = forward + masked-patch loss (norm-pix) + backward + AdamW step, on random data, at equal size.
+The arms run in interleaved rounds (A B C A B C ...) in one process and each round's time of an arm is divided by
+medmae's time in the same round, so a machine that gets slower or busier during the run still gives a fair ratio;
+the table shows the median and the range of those per-round ratios. On the CPU the clock is the process CPU time
+(default 1 torch thread), on CUDA the wall time between synchronisations.
 
-    python scripts/benchmark_mae.py                       # the mae_pretrain default (2D, 64x64, tiny ViT)
+Arms:
+  medmae          ``MaskedAutoencoder`` as the bundles run it (visible-only embedding, masked-only prediction and
+                  loss, SDPA attention) with ``AdamW(fused=True)``
+  medmae-before   the same network and weights computed the way medmae did before (``tests/reference_mae.py``:
+                  conv over all patches, explicit attention with the last block's matrix kept, dense scatter /
+                  prediction / loss) with the default (foreach) AdamW, as the bundles had it
+  monai           ``monai.networks.nets.MaskedAutoEncoderViT`` as MONAI ships it, ``AdamW(fused=True)``
+  monai-sdpa      the same MONAI network with SDPA switched on in its blocks (what SDPA alone buys)
+
+MFU = the arm's model FLOPs per step (counted with ``torch.utils.flop_counter`` on the explicit-attention path, so
+attention is counted) / time per step / the matmul peak measured here on the same threads and clock.
+
+    python scripts/benchmark_mae.py                       # the mae_pretrain 2D default (64x64, patch 8, 192x6)
+    python scripts/benchmark_mae.py --preset tiny3d       # the 3D default (64^3, patch 16, 96x12)
+    python scripts/benchmark_mae.py --preset tiny3d96     # the 3D default network at 96^3
     python scripts/benchmark_mae.py --preset vitb2d       # ViT-B/16 at 224x224
-    python scripts/benchmark_mae.py --preset tiny3d       # the 3D default (64^3, patch 16)
+    python scripts/benchmark_mae.py --preset tiny2d --rounds 3 --steps 1 --arms medmae,monai   # quick look
 """
 
 from __future__ import annotations
 
+import os
+import statistics
+import sys
 import time
 
 import fire
 import torch
 from monai.networks.nets import MaskedAutoEncoderViT
+from torch.utils.flop_counter import FlopCounterMode
 
-from medmae_ext.losses import MaskedPatchMSELoss
+from medmae_ext.losses import MAELoss, MaskedPatchMSELoss
 from medmae_ext.networks import MaskedAutoencoder
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+import reference_mae  # noqa: E402  (the pre-rewrite step, kept as the test reference)
 
 PRESETS = {
     "tiny2d": dict(spatial_dims=2, img=64, patch=8, hidden=192, mlp=768, layers=6, heads=3,
                    dec=128, dec_mlp=512, dec_layers=2, dec_heads=4, batch=32),
     "tiny3d": dict(spatial_dims=3, img=64, patch=16, hidden=96, mlp=384, layers=12, heads=4,
                    dec=48, dec_mlp=192, dec_layers=2, dec_heads=4, batch=4),
+    "tiny3d96": dict(spatial_dims=3, img=96, patch=16, hidden=96, mlp=384, layers=12, heads=4,
+                     dec=48, dec_mlp=192, dec_layers=2, dec_heads=4, batch=2),
     "vitb2d": dict(spatial_dims=2, img=224, patch=16, hidden=768, mlp=3072, layers=12, heads=12,
                    dec=384, dec_mlp=1536, dec_layers=8, dec_heads=12, batch=8),
 }
+ARMS = ("medmae", "medmae-before", "monai", "monai-sdpa")
 
 
-def build(impl: str, p: dict):
-    common = dict(in_channels=1, img_size=p["img"], patch_size=p["patch"], spatial_dims=p["spatial_dims"],
-                  hidden_size=p["hidden"], mlp_dim=p["mlp"], num_layers=p["layers"], num_heads=p["heads"],
-                  decoder_hidden_size=p["dec"], decoder_mlp_dim=p["dec_mlp"], decoder_num_layers=p["dec_layers"],
-                  decoder_num_heads=p["dec_heads"], qkv_bias=True)
-    if impl == "medmae":
-        return MaskedAutoencoder(**common)
-    return MaskedAutoEncoderViT(**common, masking_ratio=0.75)
+def _common(p: dict) -> dict:
+    return dict(in_channels=1, img_size=p["img"], patch_size=p["patch"], spatial_dims=p["spatial_dims"],
+                hidden_size=p["hidden"], mlp_dim=p["mlp"], num_layers=p["layers"], num_heads=p["heads"],
+                decoder_hidden_size=p["dec"], decoder_mlp_dim=p["dec_mlp"], decoder_num_layers=p["dec_layers"],
+                decoder_num_heads=p["dec_heads"], qkv_bias=True)
 
 
-def time_steps(impl: str, p: dict, device: str, steps: int, warmup: int) -> tuple[float, float]:
-    torch.manual_seed(0)
-    net = build(impl, p).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    shape = (p["batch"], 1) + (p["img"],) * p["spatial_dims"]
-    x = torch.randn(shape, device=device)
-    loss_fn = MaskedPatchMSELoss((p["patch"],) * p["spatial_dims"])
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+def _set_sdpa(net: torch.nn.Module, on: bool) -> None:
+    for m in net.modules():
+        if hasattr(m, "use_flash_attention") and hasattr(m, "save_attn"):
+            m.use_flash_attention = on
 
-    def step():
-        if impl == "medmae":
-            out = net(x)
-            pred, mask = out["pred"], out["mask"]
+
+class Arm:
+    """One implementation: its network, optimizer and a ``step()`` closure over a fixed random batch."""
+
+    def __init__(self, name: str, p: dict, device: str, fused: bool) -> None:
+        torch.manual_seed(0)
+        self.name = name
+        patch = (p["patch"],) * p["spatial_dims"]
+        self.x = torch.randn((p["batch"], 1) + (p["img"],) * p["spatial_dims"], device=device)
+        if name.startswith("medmae"):
+            self.net = MaskedAutoencoder(**_common(p)).to(device)
         else:
-            pred, mask = net(x)
-        loss = loss_fn(pred, x, mask.float())
-        opt.zero_grad(set_to_none=True)
+            self.net = MaskedAutoEncoderViT(**_common(p), masking_ratio=0.75).to(device)
+            _set_sdpa(self.net, name == "monai-sdpa")
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-4,
+                                     fused=fused and name != "medmae-before")
+        mae_loss, dense_loss = MAELoss(patch), MaskedPatchMSELoss(patch)
+        net, x = self.net, self.x
+
+        if name == "medmae":
+            def loss():
+                return mae_loss(net(x), x)
+        elif name == "medmae-before":
+            def loss():
+                out = reference_mae.mae_forward(net, x, net.masking(x.shape[0], net.num_patches, x.device))
+                return reference_mae.masked_mse(out["pred"], x, out["mask"], patch)
+        else:
+            def loss():
+                pred, mask = net(x)
+                return dense_loss(pred, x, mask.float())
+        self.loss = loss
+
+    def step(self) -> None:
+        loss = self.loss()
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self.opt.step()
 
-    for _ in range(warmup):
-        step()
+    def flops(self) -> int:
+        """Forward + backward FLOPs of one step, attention counted on the explicit path."""
+        _set_sdpa(self.net, False)
+        try:
+            with FlopCounterMode(display=False) as counter:
+                loss = self.loss()
+                loss.backward()
+        finally:
+            _set_sdpa(self.net, self.name in ("medmae", "monai-sdpa"))
+            self.net.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+
+def _clock(device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / steps
-    mem = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
-    return p["batch"] / dt, mem
+        return time.perf_counter()
+    return time.process_time()
 
 
-def main(preset: str = "tiny2d", device: str | None = None, steps: int = 10, warmup: int = 2, threads: int = 0):
+def matmul_peak(device: str, n: int = 1024, reps: int = 5) -> float:
+    """Best FLOP/s of an n x n fp32 matmul on this device, threads and clock."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        t0 = _clock(device)
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * n**3 / max(_clock(device) - t0, 1e-9))
+    return best
+
+
+def main(preset: str = "tiny2d", device: str | None = None, rounds: int = 7, steps: int = 3, warmup: int = 2,
+         threads: int = 1, arms: str | tuple = ARMS, fused: bool = True):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads:
         torch.set_num_threads(threads)
+    arms = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms)]
+    unknown = set(arms) - set(ARMS)
+    if unknown or "medmae" not in arms:
+        raise ValueError(f"--arms must include 'medmae' and name only {ARMS}; got {arms}")
     p = PRESETS[preset]
-    print(f"preset {preset}: {p}; device {device}, torch threads {torch.get_num_threads()}, {steps} timed steps")
-    print("| implementation | imgs/s (train step) | peak GPU MiB |")
-    print("| --- | --- | --- |")
-    for impl in ("medmae", "monai"):
-        ips, mem = time_steps(impl, p, device, steps, warmup)
-        print(f"| {'medmae MaskedAutoencoder' if impl == 'medmae' else 'MONAI MaskedAutoEncoderViT'} | {ips:.1f} | {mem:.0f} |")
+    runners = [Arm(a, p, device, fused) for a in arms]
+    peak = matmul_peak(device)
+    flops = {r.name: r.flops() for r in runners}
+    for r in runners:
+        for _ in range(warmup):
+            r.step()
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for i in range(rounds):
+        order = runners if i % 2 == 0 else runners[::-1]  # alternate the order: no arm always runs first
+        for r in order:
+            t0 = _clock(device)
+            for _ in range(steps):
+                r.step()
+            times[r.name].append((_clock(device) - t0) / steps)
+    clock = "wall time" if device.startswith("cuda") else "process CPU time"
+    print(f"preset {preset}: {p}")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), {clock}; "
+          f"{rounds} interleaved rounds x {steps} steps after {warmup} warm-up; matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print("| arm | imgs/s (median) | medmae speed-up, median [min-max] of per-round ratios | GFLOP/step | MFU |")
+    print("| --- | --- | --- | --- | --- |")
+    base = times["medmae"]
+    for r in runners:
+        t = times[r.name]
+        ratios = [a / b for a, b in zip(t, base)]
+        med = statistics.median(t)
+        speed = "1 (reference)" if r.name == "medmae" else (
+            f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
+        print(f"| {r.name} | {p['batch'] / med:.1f} | {speed} | {flops[r.name] / 1e9:.2f} | "
+              f"{flops[r.name] / med / peak:.0%} |")
+    if device.startswith("cuda"):
+        print(f"peak GPU memory over all arms: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    return None
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ def test_masked_autoencoder_under_bf16_autocast(spatial_dims, masking):
     n = net.num_patches
     kw = {"weights": torch.rand(2, n)} if masking == "attention" else {}
     out = _backward_in_bf16(net, torch.rand(2, 1, *([size] * spatial_dims)), **kw)
-    assert out["pred"].shape == (2, n, 8**spatial_dims) and out["logits"].shape == (2, 2)
+    assert out["pred_masked"].shape == (2, out["masked_index"].shape[1], 8**spatial_dims)
+    assert out["pred_masked"].dtype == torch.bfloat16 and out["logits"].shape == (2, 2)
 
 
 def test_vit_classifier_under_bf16_autocast_with_token_drop():
@@ -101,7 +102,7 @@ def test_one_iteration_with_amp_on_cpu_bf16(tmp_path, tmp_path_factory, request,
     net = wf.parser.get_parsed_content("network")
     dtypes = []
     net.register_forward_hook(lambda m, i, o: dtypes.append(
-        (o["pred"] if isinstance(o, dict) else o).dtype))
+        (o["pred_masked"] if isinstance(o, dict) else o).dtype))
     wf.run()
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 1 and not trainer.amp  # MONAI's CUDA-only AMP stays off on the CPU...

@@ -32,6 +32,7 @@ def test_train_3d_two_iterations(tmp_path, synth3d):
     assert out["image"].shape == (2, 1, 64, 64, 64)  # batch 1 x 2 crops
     assert out["pred"]["mask"].sum(1).eq(48).all()  # 75% of 4x4x4 patches
     assert os.path.isfile(tmp_path / "models" / "3d" / "model.pt")  # 3D weights apart from the 2D ones
+    assert wf.parser.get_parsed_content("optimizer").defaults["fused"] is True  # fused AdamW by default
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path, synth2d):
@@ -66,10 +67,12 @@ def test_loss_falls(tmp_path, synth2d):
 def test_cli_training_entry_point(tmp_path, synth2d):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", bundle_config("mae_pretrain", "train.json"),
            "--bundle_root", str(tmp_path), "--dataset_dir", synth2d, "--epochs", "1", "--epoch_length", "2",
-           "--num_workers", "0", "--batch_size", "4", "--use_synthetic", "False", "--max_items", "8"]
+           "--num_workers", "0", "--batch_size", "4", "--use_synthetic", "False", "--max_items", "8",
+           "--num_threads", "1"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert os.path.isfile(tmp_path / "models" / "model.pt")
+    assert "torch uses 1 CPU thread(s) ('num_threads')" in r.stdout + r.stderr
 
 
 def test_missing_image_fails_clearly_before_training(tmp_path, synth2d):

@@ -23,8 +23,11 @@ def test_mae_forward_backward(cfg, shape):
     out = net(x)
     n = net.num_patches
     p = int(torch.tensor(net.patch_size).prod()) * cfg["in_channels"]
-    assert out["pred"].shape == (shape[0], n, p)
-    assert out["mask"].sum(1).eq(round(0.75 * n)).all()
+    n_masked = round(0.75 * n)
+    assert out["pred_masked"].shape == (shape[0], n_masked, p) and out["masked_index"].shape == (shape[0], n_masked)
+    assert out["mask"].sum(1).eq(n_masked).all()
+    assert out["mask"].gather(1, out["masked_index"]).eq(1).all()  # the predicted patches are the masked ones
+    assert net.dense_prediction(out).shape == (shape[0], n, p)
     loss = MAELoss(net.patch_size)(out, x)
     loss.backward()
     assert torch.isfinite(loss)
@@ -49,7 +52,8 @@ def test_thrown_patches_are_neither_encoded_nor_decoded():
     out = net(torch.randn(2, 1, 32, 32), torch.rand(2, 16))
     assert enc == [1 + 4] and dec == [1 + 4 + 8]
     assert out["thrown"].sum(1).eq(4).all() and out["mask"].sum(1).eq(8).all()
-    assert (out["pred"][out["thrown"].bool()] == 0).all()
+    assert out["pred_masked"].shape[1] == 8
+    assert (net.dense_prediction(out)[out["thrown"].bool()] == 0).all()
 
 
 def test_loss_counts_only_masked_patches():

@@ -10,7 +10,8 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from monai.networks.layers import trunc_normal_
 
 from ..masking import RandomMasking, patch_counts
-from .vit import Block, ViTEncoder, check_sincos_dim, gather_tokens, init_mae_weights
+from .patching import scatter_patches
+from .vit import Block, ViTEncoder, check_sincos_dim, init_mae_weights
 
 __all__ = ["MaskedAutoencoder"]
 
@@ -20,10 +21,16 @@ class MaskedAutoencoder(nn.Module):
 
     ``forward(image, weights=None)`` returns a dict:
 
-    * ``pred``   ``[B, N, prod(patch) * C]``: reconstruction of every masked patch (zeros elsewhere);
+    * ``pred_masked``  ``[B, n_masked, prod(patch) * C]``: reconstruction of the masked patches only, row ``k``
+      being patch ``masked_index[:, k]`` (:meth:`dense_prediction` puts them on the full ``[B, N, P]`` grid);
+    * ``masked_index`` ``[B, n_masked]``: the masked patches (token order of :func:`~.patching.patchify`);
     * ``mask``   ``[B, N]``: 1 where the patch was masked and must be reconstructed (the loss counts only these);
     * ``thrown`` ``[B, N]``: 1 where the patch was thrown (neither encoded nor reconstructed);
     * ``logits`` ``[B, num_classes]``: only when ``num_classes > 0`` (MSMAE's supervised CLS head).
+
+    Compute goes where the loss needs it: only visible patches are embedded and encoded, the decoder sees
+    CLS + visible + masked tokens (thrown ones are dropped), and only masked tokens are normalised and projected
+    back to voxels. Attention runs through SDPA (see :class:`~.vit.Block`).
 
     ``weights`` (one per patch) are handed to the masking strategy; :class:`~medmae_ext.masking.RandomMasking`
     ignores them, :class:`~medmae_ext.masking.AttentionMasking` draws the mask from them.
@@ -91,27 +98,33 @@ class MaskedAutoencoder(nn.Module):
         trunc_normal_(self.mask_token, mean=0.0, std=0.02, a=-2.0, b=2.0)
 
     def forward(self, image: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        tokens = self.encoder.embed(image)
-        b, n, _ = tokens.shape
-        plan = self.masking(b, n, tokens.device, weights)
-        latent = self.encoder.encode_tokens(tokens, plan.visible)  # [B, 1 + n_visible, hidden]
+        b, n = image.shape[0], self.num_patches
+        plan = self.masking(b, n, image.device, weights)
+        # only the visible patches are embedded and encoded
+        latent = self.encoder(image, plan.visible)  # [B, 1 + n_visible, hidden]
 
         y = self.decoder_embed(latent)
-        d = y.shape[-1]
-        # full sequence of decoder tokens: encoded latents at visible positions, the mask token elsewhere
-        # (in y's dtype: under autocast the decoder_embed output is bf16/fp16 while mask_token stays float32)
-        full = self.mask_token.to(y.dtype).expand(b, n, d).clone()
-        full = full.scatter(1, plan.visible.unsqueeze(-1).expand(-1, -1, d), y[:, 1:])
-        full = full + self.decoder_pos_embed
-        # thrown patches are removed: the decoder sees CLS + visible + masked tokens only
-        kept = torch.cat([plan.visible, plan.masked], dim=1)
-        x = torch.cat([y[:, :1], gather_tokens(full, kept)], dim=1)
+        pos = self.decoder_pos_embed[0]  # [N, d]
+        # decoder input: CLS, the encoded visible patches, one mask token per masked patch, each with its position.
+        # Thrown patches are absent. (mask_token in y's dtype: under autocast decoder_embed's output is bf16/fp16.)
+        x = torch.cat([y[:, :1], y[:, 1:] + pos[plan.visible], self.mask_token.to(y.dtype) + pos[plan.masked]], dim=1)
         for blk in self.decoder_blocks:
             x = blk(x)
-        out = self.decoder_pred(self.decoder_norm(x)[:, 1:])  # [B, n_visible + n_masked, P]
-        pred = out.new_zeros(b, n, out.shape[-1]).scatter(1, kept.unsqueeze(-1).expand(-1, -1, out.shape[-1]), out)
+        n_skip = 1 + plan.visible.shape[1]
+        # the loss scores masked patches only, so only they are normalised and predicted
+        pred_masked = self.decoder_pred(self.decoder_norm(x[:, n_skip:]))  # [B, n_masked, P]
 
-        result = {"pred": pred, "mask": plan.indicator(n, "masked"), "thrown": plan.indicator(n, "thrown")}
+        result = {
+            "pred_masked": pred_masked,
+            "masked_index": plan.masked,
+            "mask": plan.indicator(n, "masked"),
+            "thrown": plan.indicator(n, "thrown"),
+        }
         if self.cls_head is not None:
             result["logits"] = self.cls_head(latent[:, 0])
         return result
+
+    def dense_prediction(self, output: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, N, P]`` from :meth:`forward`'s output: each masked patch's reconstruction at its position, zeros
+        elsewhere (for pictures and evaluation; the training step does not need it)."""
+        return scatter_patches(output["pred_masked"], output["masked_index"], self.num_patches)

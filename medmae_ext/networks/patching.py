@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["patchify", "unpatchify", "patch_weights", "grid_shape"]
+__all__ = ["patchify", "unpatchify", "patch_weights", "grid_shape", "gather_patches", "scatter_patches"]
 
 
 def grid_shape(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, ...]:
@@ -42,6 +42,18 @@ def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
     return x.reshape(shape).permute(perm).reshape(b, math.prod(grid), math.prod(patch_size) * c)
 
 
+def gather_patches(x: torch.Tensor, patch_size: Sequence[int], index: torch.Tensor) -> torch.Tensor:
+    """``patchify(x, patch_size)[b, index[b, k]]`` -> ``[B, K, prod(patch_size) * C]``.
+
+    One rearranging copy of the image, then whole patches picked as contiguous rows (``index_select``): on the CPU
+    about twice as fast as ``torch.gather`` with an index expanded over the voxels, or advanced indexing of the
+    un-copied view."""
+    patches = patchify(x, patch_size)
+    b, n, p = patches.shape
+    rows = (torch.arange(b, device=index.device).unsqueeze(1) * n + index).reshape(-1)
+    return patches.reshape(b * n, p).index_select(0, rows).reshape(b, index.shape[1], p)
+
+
 def unpatchify(p: torch.Tensor, patch_size: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
     """Inverse of :func:`patchify`: ``[B, N, prod(patch_size) * C]`` -> ``[B, C, *spatial]``."""
     b = p.shape[0]
@@ -58,3 +70,9 @@ def patch_weights(attn_map: torch.Tensor, patch_size: Sequence[int]) -> torch.Te
     """Average an image-resolution map ``[B, 1, *spatial]`` over each patch -> ``[B, N]`` (token order)."""
     pool = F.avg_pool2d if attn_map.ndim == 4 else F.avg_pool3d
     return pool(attn_map.float(), kernel_size=tuple(patch_size)).flatten(1)
+
+
+def scatter_patches(values: torch.Tensor, index: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """``[B, K, P]`` values of the patches ``index`` ``[B, K]`` -> ``[B, num_patches, P]``, zeros elsewhere."""
+    out = values.new_zeros(values.shape[0], num_patches, values.shape[-1])
+    return out.scatter(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]), values)

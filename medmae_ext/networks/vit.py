@@ -16,11 +16,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from monai.networks.layers import DropPath, trunc_normal_
 from monai.utils import ensure_tuple_rep
 
-from .patching import grid_shape
+from .patching import gather_patches, grid_shape
 
 __all__ = ["Block", "ViTEncoder", "ViTClassifier", "gather_tokens", "init_mae_weights", "check_sincos_dim"]
 
@@ -54,7 +55,14 @@ def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class Block(TransformerBlock):
-    """MONAI ``TransformerBlock`` plus stochastic depth (drop path). Same parameters, same state-dict keys."""
+    """MONAI ``TransformerBlock`` plus stochastic depth (drop path). Same parameters, same state-dict keys.
+
+    Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (MONAI's ``use_flash_attention``)
+    whenever ``dropout_rate == 0``, the MAE and fine-tuning default: no ``[B, heads, L, L]`` matrix is stored and
+    the fused kernel is used on CPU and GPU. MONAI's SDPA path applies its attention dropout in eval mode too, so
+    with ``dropout_rate > 0`` the block keeps MONAI's explicit softmax instead. The attention weights are never
+    saved during a forward pass; :meth:`cls_attention` computes the only row MSMAE needs, when asked.
+    """
 
     def __init__(
         self,
@@ -63,10 +71,10 @@ class Block(TransformerBlock):
         num_heads: int,
         dropout_rate: float = 0.0,
         qkv_bias: bool = True,
-        save_attn: bool = False,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, save_attn)
+        super().__init__(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias,
+                         use_flash_attention=dropout_rate == 0.0)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         # MONAI always builds this LayerNorm; without cross-attention it is unused. Frozen, so that optimizers and
         # DistributedDataParallel skip it; kept so that state dicts match monai.networks.nets.ViT.
@@ -77,6 +85,17 @@ class Block(TransformerBlock):
     ) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of the first (CLS) query over every token of this block's input ``x`` ``[B, L, hidden]``:
+        ``[B, heads, L]``, rows summing to 1 (what MONAI's ``save_attn`` would store as ``att_mat[:, :, 0]``), at the
+        cost of one query row instead of ``L``."""
+        attn = self.attn
+        if not attn.use_combined_linear:
+            raise NotImplementedError("cls_attention expects the combined qkv projection of MONAI's SABlock")
+        q, k, _ = attn.input_rearrange(attn.qkv(self.norm1(x)))  # each [B, heads, L, dim_head]
+        logits = torch.einsum("bhd,bhld->bhl", q[:, :, 0], k) * attn.scale
+        return logits.float().softmax(dim=-1)
 
 
 class ViTEncoder(nn.Module):
@@ -135,11 +154,7 @@ class ViTEncoder(nn.Module):
         trunc_normal_(self.cls_token, mean=0.0, std=0.02, a=-2.0, b=2.0)
         rates = torch.linspace(0, drop_path_rate, num_layers).tolist() if num_layers > 1 else [drop_path_rate]
         self.blocks = nn.ModuleList(
-            [
-                # the last block keeps its softmax attention so that MSMAE can read the CLS->patch map
-                Block(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, i == num_layers - 1, rates[i])
-                for i in range(num_layers)
-            ]
+            [Block(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, rates[i]) for i in range(num_layers)]
         )
         self.norm = nn.LayerNorm(hidden_size)
         init_mae_weights(self)
@@ -157,29 +172,54 @@ class ViTEncoder(nn.Module):
                 + "]: check the channel count and the resize/crop size against in_channels and img_size."
             )
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with position embedding, ``[B, N, hidden]`` (no CLS token)."""
-        self.check_input(x)
-        return self.patch_embedding(x)
+    def embed(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Patch tokens with position embedding: ``[B, N, hidden]``, or ``[B, K, hidden]`` for the patches listed in
+        ``keep`` ``[B, K]`` (no CLS token).
 
-    def encode_tokens(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Run the transformer on ``tokens`` (optionally only ``tokens[:, keep]``); returns ``[B, 1 + K, hidden]``."""
-        if keep is not None:
-            tokens = gather_tokens(tokens, keep)
+        With ``keep`` only those patches are embedded: the patch-embedding convolution (kernel = stride = patch) is
+        applied as one matrix product to the gathered patches, so a masked patch costs nothing. Same weights,
+        same result as embedding all patches and selecting ``keep`` afterwards.
+        """
+        self.check_input(x)
+        if keep is None:
+            return self.patch_embedding(x)
+        return self._embed_kept(x, keep)
+
+    @torch.jit.unused
+    def _embed_kept(self, x, keep):  # untyped: TorchScript cannot resolve string annotations of an unused method
+        # a training-time path: a TorchScript export (inference, all tokens) does not carry it
+        pe = self.patch_embedding
+        conv = pe.patch_embeddings
+        # conv weight [hidden, C, *patch] -> [hidden, prod(patch) * C] in patchify's order (voxel-major, channel last)
+        weight = conv.weight.flatten(2).transpose(1, 2).reshape(conv.weight.shape[0], -1)
+        patches = gather_patches(x, self.patch_size, keep)
+        tokens = F.linear(patches, weight, conv.bias) + pe.position_embeddings[0][keep]
+        return pe.dropout(tokens)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Prepend the CLS token to ``tokens`` ``[B, K, hidden]`` and run the transformer; ``[B, 1 + K, hidden]``."""
         x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
 
     def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.encode_tokens(self.embed(x), keep)
+        """``[B, 1 + K, hidden]``: CLS + the patches in ``keep`` (all patches when ``keep`` is None)."""
+        return self.encode_tokens(self.embed(x, keep))
 
     @torch.no_grad()
     def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
         """MSMAE attention map: last block's CLS->patch softmax attention, each head min-max normalised to [0, 1],
-        heads averaged. Uses all tokens; returns ``[B, N]``."""
-        self.forward(x)
-        att = self.blocks[-1].attn.att_mat[:, :, 0, 1:]  # [B, heads, N]
+        heads averaged. Uses all tokens; returns ``[B, N]`` (float32).
+
+        The first ``num_layers - 1`` blocks run as usual (SDPA); of the last block only the CLS query row of the
+        attention is computed (:meth:`Block.cls_attention`), its value/MLP half is skipped.
+        """
+        tokens = self.embed(x)
+        h = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        for blk in self.blocks[:-1]:
+            h = blk(h)
+        att = self.blocks[-1].cls_attention(h)[:, :, 1:]  # [B, heads, N]
         lo = att.amin(dim=-1, keepdim=True)
         hi = att.amax(dim=-1, keepdim=True)
         return ((att - lo) / (hi - lo).clamp_min(1e-12)).mean(dim=1)
