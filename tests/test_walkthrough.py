@@ -7,22 +7,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import nibabel as nib
 import pytest
 import torch
 from conftest import BUNDLES, REPO
 
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from readme_commands import readme_commands  # noqa: E402
+
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "ct")),
                                 reason="../shared/data is not present")
-
-
-def readme_commands(heading: str = "## Real data walk-through", readme: str = "README.md") -> list[str]:
-    text = open(os.path.join(REPO, readme)).read()
-    section = text[text.index(heading):]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return [ln for ln in block.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _repo_copy(tmp_path):
@@ -45,7 +42,7 @@ def _run_all(cmds, repo) -> list[str]:
 
 
 def test_walkthrough_runs_as_written(tmp_path):
-    cmds = readme_commands()
+    cmds = readme_commands("## Real data walk-through")
     assert len(cmds) == 7 and all(c.startswith("python -m monai.bundle run") for c in cmds)
     repo = _repo_copy(tmp_path)
     outputs = _run_all(cmds, repo)

@@ -1,0 +1,44 @@
+"""The benchmark scripts behind the README's speed tables run and print what the tables quote (tiny settings here;
+the README's own commands run in .ci/run after the tests, see scripts/readme_commands.py)."""
+
+import os
+import re
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+import benchmark_mae  # noqa: E402
+import benchmark_threads  # noqa: E402
+from readme_commands import readme_commands  # noqa: E402
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    rows = [ln.strip("|").split("|") for ln in text.splitlines() if ln.startswith("| ") and "---" not in ln]
+    return {r[0].strip(): [c.strip() for c in r[1:]] for r in rows[1:]}
+
+
+def test_benchmark_mae_prints_interleaved_ratios_and_mfu(capsys):
+    benchmark_mae.main(preset="tiny3d", rounds=2, steps=1, warmup=0, arms="medmae,medmae-before,monai")
+    rows = _rows(capsys.readouterr().out)
+    assert list(rows) == ["medmae", "medmae-before", "monai"]
+    assert rows["medmae"][1] == "1 (reference)"
+    for arm in ("medmae-before", "monai"):
+        med, lo, hi = map(float, re.fullmatch(r"([\d.]+)x \[([\d.]+)-([\d.]+)\]", rows[arm][1]).groups())
+        assert 0 < lo <= med <= hi
+    flops = {a: float(r[2]) for a, r in rows.items()}
+    assert flops["medmae"] < flops["medmae-before"] == flops["monai"]  # masked-only work: fewer FLOPs, same model
+    assert all(0 < int(r[3].rstrip("%")) <= 100 for r in rows.values())
+
+
+def test_benchmark_threads_prints_one_row_per_load_and_count(capsys):
+    benchmark_threads.main(preset="tiny3d", busy=1, steps=1, rounds=1, max_threads=1)
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert [r.split("|")[1:3] for r in rows] == [[" 0 ", " 1 "], [" 1 ", " 1 "]]
+
+
+def test_readme_benchmark_block_is_what_ci_runs():
+    cmds = readme_commands("### MAE training step")
+    assert cmds and all(c.startswith("python scripts/benchmark_") for c in cmds)
+    assert 'python scripts/readme_commands.py "### MAE training step"' in open(os.path.join(REPO, ".ci", "run")).read()
