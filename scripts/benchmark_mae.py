@@ -28,6 +28,7 @@ threads and clock (median over rounds).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -64,10 +65,26 @@ def _common(p: dict) -> dict:
                 decoder_num_heads=p["dec_heads"], qkv_bias=True)
 
 
-def _set_sdpa(net: torch.nn.Module, on: bool) -> None:
+def set_sdpa(net: torch.nn.Module, on: bool) -> None:
+    """Switch MONAI's attention blocks in ``net`` between SDPA and the explicit softmax path."""
     for m in net.modules():
         if hasattr(m, "use_flash_attention") and hasattr(m, "save_attn"):
             m.use_flash_attention = on
+
+
+@contextlib.contextmanager
+def explicit_attention(net: torch.nn.Module):
+    """Run ``net``'s attention on the explicit path inside the block, restoring each block's setting after. torch's
+    FLOP counter does not see the CPU SDPA kernel; the arithmetic is the same, so FLOPs are counted this way."""
+    blocks = [m for m in net.modules() if hasattr(m, "use_flash_attention") and hasattr(m, "save_attn")]
+    saved = [m.use_flash_attention for m in blocks]
+    try:
+        for m in blocks:
+            m.use_flash_attention = False
+        yield net
+    finally:
+        for m, flag in zip(blocks, saved):
+            m.use_flash_attention = flag
 
 
 class Arm:
@@ -82,7 +99,7 @@ class Arm:
             self.net = MaskedAutoencoder(**_common(p)).to(device)
         else:
             self.net = MaskedAutoEncoderViT(**_common(p), masking_ratio=0.75).to(device)
-            _set_sdpa(self.net, name == "monai-sdpa")
+            set_sdpa(self.net, name == "monai-sdpa")
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-4,
                                      fused=fused and name != "medmae-before")
         mae_loss, dense_loss = MAELoss(patch), MaskedPatchMSELoss(patch)
@@ -109,14 +126,9 @@ class Arm:
 
     def flops(self) -> int:
         """Forward + backward FLOPs of one step, attention counted on the explicit path."""
-        _set_sdpa(self.net, False)
-        try:
-            with FlopCounterMode(display=False) as counter:
-                loss = self.loss()
-                loss.backward()
-        finally:
-            _set_sdpa(self.net, self.name in ("medmae", "monai-sdpa"))
-            self.net.zero_grad(set_to_none=True)
+        with explicit_attention(self.net), FlopCounterMode(display=False) as counter:
+            self.loss().backward()
+        self.net.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 
 
