@@ -16,9 +16,9 @@ def set_num_threads(num_threads, config_id: str = "num_threads") -> int:
     per physical core). Returns the thread count in effect.
 
     On a machine other jobs share (a CI runner, a MONAI Label server, a second training), PyTorch's default makes
-    every intra-op thread wait for a busy core: with one other busy process on a 2-core machine, 2 threads took 4.1x the
-    time of 1 thread per MAE step (``scripts/benchmark_threads.py``). Set ``--num_threads`` to the cores this job may
-    use there.
+    every intra-op thread wait for a busy core: with one other busy process on a 2-core machine, 2 threads took
+    2.2x-4.1x the time of 1 thread per MAE step (``scripts/benchmark_threads.py``). Set ``--num_threads`` to the
+    cores this job may use there.
     """
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
         raise ValueError(f"config id '{config_id}' must be a whole number >= 0 (0 = PyTorch's default), "

@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def readme_commands(heading: str, readme: str = "README.md") -> list[str]:
-    """The command lines of the first ```bash block after the first line starting with ``heading`` in ``readme`` (relative to the repo)."""
+    """The command lines of the first ```bash block after the first line starting with ``heading`` in ``readme``
+    (a path relative to the repository)."""
     text = open(os.path.join(REPO, readme)).read()
     lines = text.splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.startswith(heading)), None)
