@@ -68,25 +68,27 @@ def _common(p: dict) -> dict:
                 decoder_num_heads=p["dec_heads"], qkv_bias=True)
 
 
+def _attention_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """MONAI's self-attention blocks (``SABlock``) inside ``net``."""
+    return [m for m in net.modules() if hasattr(m, "use_flash_attention") and hasattr(m, "save_attn")]
+
+
 def set_sdpa(net: torch.nn.Module, on: bool) -> None:
     """Switch MONAI's attention blocks in ``net`` between SDPA and the explicit softmax path."""
-    for m in net.modules():
-        if hasattr(m, "use_flash_attention") and hasattr(m, "save_attn"):
-            m.use_flash_attention = on
+    for m in _attention_blocks(net):
+        m.use_flash_attention = on
 
 
 @contextlib.contextmanager
 def explicit_attention(net: torch.nn.Module):
     """Run ``net``'s attention on the explicit path inside the block, restoring each block's setting after. torch's
     FLOP counter does not see the CPU SDPA kernel; the arithmetic is the same, so FLOPs are counted this way."""
-    blocks = [m for m in net.modules() if hasattr(m, "use_flash_attention") and hasattr(m, "save_attn")]
-    saved = [m.use_flash_attention for m in blocks]
+    saved = [(m, m.use_flash_attention) for m in _attention_blocks(net)]
     try:
-        for m in blocks:
-            m.use_flash_attention = False
+        set_sdpa(net, False)
         yield net
     finally:
-        for m, flag in zip(blocks, saved):
+        for m, flag in saved:
             m.use_flash_attention = flag
 
 

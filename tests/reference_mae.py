@@ -16,10 +16,7 @@ import torch
 
 from medmae_ext.masking import MaskPlan
 from medmae_ext.networks.patching import patchify
-
-
-def _gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+from medmae_ext.networks.vit import gather_tokens
 
 
 def attention(blk, x: torch.Tensor, keep_weights: bool = False):
@@ -43,7 +40,7 @@ def encoder_forward(encoder, image: torch.Tensor, visible: torch.Tensor | None =
     """Conv embedding of every patch, then the visible ones kept; returns (latent, last block's attention)."""
     tokens = encoder.patch_embedding(image)
     if visible is not None:
-        tokens = _gather(tokens, visible)
+        tokens = gather_tokens(tokens, visible)
     x = torch.cat([encoder.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
     att = None
     for i, blk in enumerate(encoder.blocks):
@@ -70,7 +67,7 @@ def mae_forward(net, image: torch.Tensor, plan: MaskPlan) -> dict:
     full = full.scatter(1, plan.visible.unsqueeze(-1).expand(-1, -1, d), y[:, 1:])
     full = full + net.decoder_pos_embed
     kept = torch.cat([plan.visible, plan.masked], dim=1)
-    x = torch.cat([y[:, :1], _gather(full, kept)], dim=1)
+    x = torch.cat([y[:, :1], gather_tokens(full, kept)], dim=1)
     for blk in net.decoder_blocks:
         x, _ = block(blk, x)
     out = net.decoder_pred(net.decoder_norm(x)[:, 1:])

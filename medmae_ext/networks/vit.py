@@ -196,9 +196,13 @@ class ViTEncoder(nn.Module):
         tokens = F.linear(patches, weight, conv.bias) + pe.position_embeddings[0][keep]
         return pe.dropout(tokens)
 
+    def with_cls(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, K, hidden]`` -> ``[B, 1 + K, hidden]`` with the CLS token first."""
+        return torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Prepend the CLS token to ``tokens`` ``[B, K, hidden]`` and run the transformer; ``[B, 1 + K, hidden]``."""
-        x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        x = self.with_cls(tokens)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -215,8 +219,7 @@ class ViTEncoder(nn.Module):
         The first ``num_layers - 1`` blocks run as usual (SDPA); of the last block only the CLS query row of the
         attention is computed (:meth:`Block.cls_attention`), its value/MLP half is skipped.
         """
-        tokens = self.embed(x)
-        h = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        h = self.with_cls(self.embed(x))
         for blk in self.blocks[:-1]:
             h = blk(h)
         att = self.blocks[-1].cls_attention(h)[:, :, 1:]  # [B, heads, N]
