@@ -54,13 +54,16 @@ class MAELoss(nn.Module):
 
     ``loss = masked-patch MSE + ce_weight * cross_entropy(logits, label)``; the cross-entropy term (MSMAE's
     supervised attention) applies only when the network has a CLS head and labels are given. Cross-entropy takes
-    the raw logits: softmax is applied once, inside it.
+    the raw logits: softmax is applied once, inside it; ``class_weight`` (``[num_classes]``, e.g. from
+    :func:`medmae_ext.imbalance.class_weights`) weights its classes.
     """
 
-    def __init__(self, patch_size: Sequence[int], norm_pix: bool = True, ce_weight: float = 0.0) -> None:
+    def __init__(self, patch_size: Sequence[int], norm_pix: bool = True, ce_weight: float = 0.0,
+                 class_weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.mse = MaskedPatchMSELoss(patch_size, norm_pix)
         self.ce_weight = ce_weight
+        self.class_weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
 
     def forward(self, output: dict, target) -> torch.Tensor:
         """``target``: the image tensor, or ``{"image": ..., "label": ...}`` as made by
@@ -73,5 +76,7 @@ class MAELoss(nn.Module):
         if self.ce_weight > 0 and "logits" in output:
             if label is None:
                 raise ValueError("ce_weight > 0 but the batch has no 'label': MSMAE pretraining needs class labels.")
-            loss = loss + self.ce_weight * F.cross_entropy(output["logits"], label.reshape(-1).long())
+            logits = output["logits"].float()
+            w = None if self.class_weight is None else self.class_weight.to(logits.device)
+            loss = loss + self.ce_weight * F.cross_entropy(logits, label.reshape(-1).long(), weight=w)
         return loss

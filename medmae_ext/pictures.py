@@ -1,7 +1,18 @@
-"""Reconstruction pictures of MAE / MSMAE pretraining."""
+"""Pictures of MAE / MSMAE pretraining on a FIXED set of un-augmented images, so that epochs can be compared.
+
+:func:`picture_items` picks the images once (evenly spread over the validation split, or over the training split
+where there is none); :class:`ReconstructionSaver` runs the network being trained on them every ``interval``
+epochs with the same random masking draw each time, and writes ``recon_epoch<N>.png`` and the TensorBoard image
+``pictures/reconstruction``. Columns (labelled in the picture): the input; the input with masked patches in blue
+and thrown patches (MSMAE) in red -- never black, which looks like lung; the reconstruction (masked patches
+predicted, thrown ones red: they are not reconstructed); for MSMAE the attention map that drew the mask, overlaid
+on the input. 3D volumes show their middle slice along the last axis. Arrays in MONAI's reader order (``[W, H]``)
+are drawn upright (rows = H), as the source PNG looks.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -11,11 +22,49 @@ from ignite.engine import Engine, Events
 from .checkpoints import _unwrap
 from .networks.patching import patchify, unpatchify
 
-__all__ = ["ReconstructionSaver", "reconstruction_panel"]
+__all__ = ["MASKED_RGB", "THROWN_RGB", "ReconstructionSaver", "picture_items", "reconstruction_panel"]
+
+logger = logging.getLogger(__name__)
+
+MASKED_RGB = (40, 110, 230)  # blue
+THROWN_RGB = (225, 45, 45)  # red
 
 
-def _to_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return (np.clip((x - lo) / max(hi - lo, 1e-8), 0, 1) * 255).astype(np.uint8)
+def picture_items(data_format: str, data_path: str, data_kwargs: dict | None, fallback: list[dict], count: int = 4,
+                  split: str = "validation") -> list[dict]:
+    """``count`` items evenly spread over ``split`` of the dataset (lists sorted by class then give every class a
+    row), or over ``fallback`` (the training datalist) where that split is missing or empty."""
+    from .data import dataset_items
+    from .data.readers import DatalistError
+
+    kwargs = {k: v for k, v in (data_kwargs or {}).items() if k != "max_items"}
+    try:
+        items = dataset_items(data_format, data_path, split, **kwargs)
+    except (DatalistError, KeyError, ValueError) as e:
+        logger.info(f"pictures: no '{split}' split ({e}); using training images")
+        items = []
+    items = items or list(fallback)
+    if not items:
+        raise ValueError("pictures: no image to draw (empty validation and training lists)")
+    idx = sorted(set(np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int).tolist()))
+    return [items[i] for i in idx]
+
+
+def _gray(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    g = np.clip((x - lo) / max(hi - lo, 1e-8), 0, 1)
+    return np.repeat(g[..., None], 3, axis=-1)
+
+
+def _paint(rgb: np.ndarray, where: np.ndarray, colour, alpha: float = 0.75) -> np.ndarray:
+    c = np.asarray(colour, dtype=np.float64) / 255.0
+    out = rgb.copy()
+    out[where] = (1 - alpha) * rgb[where] + alpha * c
+    return out
+
+
+def _heat(a: np.ndarray) -> np.ndarray:
+    """Black-red-yellow colour map of values in [0, 1]."""
+    return np.stack([np.clip(2 * a, 0, 1), np.clip(2 * a - 1, 0, 1), np.zeros_like(a)], axis=-1)
 
 
 def reconstruction_panel(
@@ -25,9 +74,12 @@ def reconstruction_panel(
     thrown: torch.Tensor | None,
     patch_size,
     norm_pix: bool = True,
+    attention: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """uint8 picture, one row per sample: input | input with masked (and thrown) patches blanked | reconstruction
-    (visible patches from the input, masked ones predicted). 3D volumes show their middle slice (last axis)."""
+    """uint8 RGB picture ``[H, W, 3]``, one row per sample: input | masked (blue) and thrown (red) patches over the
+    input | reconstruction (visible patches from the input, masked ones predicted, thrown ones red) | with
+    ``attention`` (``[B, N]`` in [0, 1]) that map over the input. ``pred`` is the dense ``[B, N, P]`` prediction
+    (:meth:`~medmae_ext.networks.MaskedAutoencoder.dense_prediction`), de-normalised per patch when ``norm_pix``."""
     image = image.detach().float().cpu()
     c = image.shape[1]
     grid = [s // p for s, p in zip(image.shape[2:], patch_size)]
@@ -39,48 +91,123 @@ def reconstruction_panel(
         pred = pred * std + mean
     m = mask.detach().float().cpu().unsqueeze(-1)
     t = thrown.detach().float().cpu().unsqueeze(-1) if thrown is not None else torch.zeros_like(m)
-    lo_val = float(image.min())
-    blank = torch.full_like(target, lo_val)
-    masked_in = torch.where((m + t) > 0, blank, target)
-    recon = torch.where(m > 0, pred, torch.where(t > 0, blank, target))
+    recon = unpatchify(torch.where(m > 0, pred, target), patch_size, grid, c)
+
+    def voxels(per_patch: torch.Tensor) -> torch.Tensor:  # [B, N, 1] -> [B, *spatial]
+        return unpatchify(per_patch.expand(-1, -1, target.shape[-1]), patch_size, grid, c)[:, 0]
+
+    mvox, tvox = voxels(m), voxels(t)
+    avox = voxels(attention.detach().float().cpu().unsqueeze(-1)) if attention is not None else None
     rows = []
     for i in range(image.shape[0]):
-        views = [image[i : i + 1], unpatchify(masked_in[i : i + 1], patch_size, grid, c), unpatchify(recon[i : i + 1], patch_size, grid, c)]
-        views = [v[0, 0] for v in views]  # first channel
+        views = [image[i, 0], recon[i, 0], mvox[i], tvox[i]] + ([avox[i]] if avox is not None else [])
         if views[0].ndim == 3:
             views = [v[..., v.shape[-1] // 2] for v in views]
-        lo, hi = float(views[0].min()), float(views[0].max())
-        rows.append(np.concatenate([_to_uint8(v.numpy(), lo, hi) for v in views], axis=1))
-    return np.concatenate(rows, axis=0)
+        views = [v.T for v in views]  # MONAI's [W, H] -> rows = H: the image upright, as in its PNG
+        inp, rec, mk, th = (v.numpy() for v in views[:4])
+        lo, hi = float(inp.min()), float(inp.max())
+        gray = _gray(inp, lo, hi)
+        masked_view = _paint(_paint(gray, mk > 0, MASKED_RGB), th > 0, THROWN_RGB)
+        recon_view = _paint(_gray(rec, lo, hi), th > 0, THROWN_RGB)
+        cols = [gray, masked_view, recon_view]
+        if avox is not None:
+            a = np.clip(views[4].numpy(), 0, 1)[..., None]
+            cols.append((1 - 0.6 * a) * gray + 0.6 * a * _heat(a[..., 0]))
+        sep = np.ones((gray.shape[0], 1, 3))
+        rows.append(np.concatenate([x for col in cols for x in (col, sep)][:-1], axis=1))
+        rows.append(np.ones((1, rows[-1].shape[1], 3)))
+    return (np.concatenate(rows[:-1], axis=0) * 255).round().astype(np.uint8)
+
+
+def _with_header(panel: np.ndarray, labels: list[str], scale: int) -> np.ndarray:
+    """Upscale ``panel`` by ``scale`` (nearest) and add a white strip with one label per column."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(panel).resize((panel.shape[1] * scale, panel.shape[0] * scale), Image.NEAREST)
+    header = 30
+    out = Image.new("RGB", (img.width, img.height + header), "white")
+    out.paste(img, (0, header))
+    draw = ImageDraw.Draw(out)
+    col_w = img.width / len(labels)
+    for k, text in enumerate(labels):
+        draw.text((int(k * col_w) + 3, 2), text, fill="black")
+    draw.text((3, 15), "blue = masked, red = thrown (not reconstructed)", fill=MASKED_RGB)
+    return np.asarray(out)
 
 
 class ReconstructionSaver:
-    """Every ``interval`` epochs, write ``recon_epoch<N>.png`` (see :func:`reconstruction_panel`) from the last
-    training batch, so the user can watch what the MAE learns. Needs ``decollate=False`` in the trainer."""
+    """Every ``interval`` epochs, reconstruct the fixed images of ``dataset`` (items with an ``image`` tensor of the
+    network's input size, un-augmented) with the network being trained, in eval mode, with the same masking draw
+    (``seed``) each time. Writes ``output_dir/recon_epoch<N>.png`` and, with ``log_dir``, the TensorBoard image
+    ``pictures/reconstruction`` at step N.
 
-    def __init__(self, output_dir: str, interval: int = 1, max_images: int = 4, norm_pix: bool = True) -> None:
+    MSMAE (``attention_cache`` given): once the run has attention maps (the cache is filled), the masks are drawn
+    from the current encoder's attention on these images (:meth:`~medmae_ext.networks.ViTEncoder.cls_attention`),
+    as training draws them, and a fourth column shows that map; before that, the masking is random as in training.
+    """
+
+    def __init__(self, output_dir: str, dataset=None, interval: int = 1, max_images: int = 4, norm_pix: bool = True,
+                 log_dir: str | None = None, attention_cache=None, seed: int = 0, image_key: str = "image") -> None:
+        if dataset is None:
+            raise ValueError("ReconstructionSaver needs 'dataset': the fixed images to reconstruct (config "
+                             "'pictures#dataset'); pictures of the last augmented training batch are no longer made")
         self.output_dir = output_dir
+        self.dataset = dataset
         self.interval = interval
         self.max_images = max_images
         self.norm_pix = norm_pix
+        self.log_dir = log_dir
+        self.attention_cache = attention_cache
+        self.seed = seed
+        self.image_key = image_key
+        self._images = None
+        self._writer = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
+    def images(self) -> torch.Tensor:
+        if self._images is None:
+            n = min(self.max_images, len(self.dataset))
+            self._images = torch.stack([torch.as_tensor(self.dataset[i][self.image_key]).float() for i in range(n)])
+        return self._images
+
+    @torch.no_grad()
+    def picture(self, network: torch.nn.Module, device) -> tuple[np.ndarray, list[str]]:
+        """The labelled RGB picture of the fixed images under ``network``, and its column labels."""
+        net = _unwrap(network)
+        image = self.images().to(device)
+        was_training = net.training
+        net.eval()
+        try:
+            attention = None
+            if self.attention_cache is not None and len(self.attention_cache):
+                attention = net.encoder.cls_attention(image)
+            with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                out = net(image, attention)
+        finally:
+            net.train(was_training)
+        thrown = out.get("thrown")
+        panel = reconstruction_panel(image, net.dense_prediction(out), out["mask"], thrown, net.patch_size,
+                                     self.norm_pix, attention)
+        labels = ["input", "masked / thrown", "reconstruction"] + (["attention"] if attention is not None else [])
+        return panel, labels
+
     def __call__(self, engine: Engine) -> str:
         from PIL import Image
 
-        out = engine.state.output
-        result = out["pred"]
-        k = self.max_images
-        net = _unwrap(engine.network)
-        thrown = result.get("thrown")
-        panel = reconstruction_panel(
-            out["image"][:k], net.dense_prediction(result)[:k], result["mask"][:k], None if thrown is None else thrown[:k],
-            net.patch_size, self.norm_pix,
-        )
+        panel, labels = self.picture(engine.network, engine.state.device)
+        scale = max(1, 512 // panel.shape[0])
+        picture = _with_header(panel, labels, scale)
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, f"recon_epoch{engine.state.epoch:04d}.png")
-        scale = max(1, 512 // panel.shape[0])
-        Image.fromarray(panel).resize((panel.shape[1] * scale, panel.shape[0] * scale), Image.NEAREST).save(path)
+        Image.fromarray(picture).save(path)
+        if self.log_dir:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=self.log_dir)
+            self._writer.add_image("pictures/reconstruction", picture, engine.state.epoch, dataformats="HWC")
+            self._writer.flush()
         return path

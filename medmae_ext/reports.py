@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["ClassificationReport", "ProbabilityCSVSaver", "confusion_matrix_png"]
+__all__ = ["ClassificationReport", "ProbabilityCSVSaver", "confusion_matrix_png", "read_history"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +25,23 @@ class ClassificationReport:
     The numbers (accuracy, macro F1, mean AUC, ``recall_<class>``) are put in ``engine.state.metrics`` at the end of
     the epoch, so that a ``StatsHandler`` / ``TensorBoardStatsHandler`` listed *after* this handler logs them at every
     validation. A model that predicts a single class for every sample is warned about: its AUC can look fine.
+
+    ``history_file`` (``history.csv``; None: none) gets one row per call (``epoch`` = the evaluator's epoch, which MONAI's ``ValidationHandler`` sets
+    to the trainer's): the validation curve of the run, kept across a resume; rows of a later epoch than the one
+    being written (left by an earlier run in the same folder) are dropped. With ``log_dir`` the confusion matrix
+    is also logged to TensorBoard as the image ``<tag>/confusion_matrix`` at that epoch.
     """
 
-    def __init__(self, output_dir: str, class_names=None, multi_label: bool = False, threshold: float = 0.5) -> None:
+    def __init__(self, output_dir: str, class_names=None, multi_label: bool = False, threshold: float = 0.5,
+                 log_dir: str | None = None, tag: str = "validation", history_file: str | None = "history.csv") -> None:
         self.output_dir = output_dir
         self.class_names = list(class_names) if class_names else None
         self.multi_label = multi_label
         self.threshold = threshold
+        self.log_dir = log_dir
+        self.tag = tag
+        self.history_file = history_file
+        self._writer = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -99,7 +109,17 @@ class ClassificationReport:
             names = list(metrics["per_class"])
             np.savetxt(os.path.join(self.output_dir, "confusion_matrix.csv"), cm, fmt="%d", delimiter=",",
                        header=",".join(names), comments="")
-            confusion_matrix_png(cm, names, os.path.join(self.output_dir, "confusion_matrix.png"))
+            picture = confusion_matrix_png(cm, names, os.path.join(self.output_dir, "confusion_matrix.png"))
+            if self.log_dir:
+                if self._writer is None:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._writer = SummaryWriter(log_dir=self.log_dir)
+                self._writer.add_image(f"{self.tag}/confusion_matrix", np.asarray(picture), engine.state.epoch,
+                                       dataformats="HWC")
+                self._writer.flush()
+        if self.history_file:
+            self._append_history(engine.state.epoch, metrics)
         engine.state.metrics.update({k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")})
         engine.state.metrics.update({f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()})
         recalls = ", ".join(f"{n} {v['recall']:.3f}" for n, v in metrics["per_class"].items())
@@ -114,8 +134,39 @@ class ClassificationReport:
         return metrics
 
 
-def confusion_matrix_png(cm: np.ndarray, names: list[str], path: str, cell: int = 64) -> None:
-    """A plain confusion-matrix picture: rows = truth, columns = prediction, darker = more, counts written in."""
+    def _append_history(self, epoch: int, metrics: dict) -> None:
+        import csv
+
+        path = os.path.join(self.output_dir, self.history_file)
+        fields = ["epoch", "accuracy", "macro_f1", "mean_auc"] + [f"recall_{n}" for n in metrics["per_class"]]
+        row = {"epoch": epoch, **{k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")},
+               **{f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()}}
+        rows = []
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                old = list(csv.DictReader(f))
+            if old and list(old[0]) == fields:
+                rows = [r for r in old if int(r["epoch"]) < epoch]
+        rows.append(row)
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+
+
+def read_history(path: str) -> list[dict]:
+    """Rows of a ``history.csv`` written by :class:`ClassificationReport`, numbers as floats (``epoch`` as int)."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: int(v) if k == "epoch" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def confusion_matrix_png(cm: np.ndarray, names: list[str], path: str, cell: int = 64):
+    """A plain confusion-matrix picture: rows = truth, columns = prediction, darker = more, counts written in.
+    Saved to ``path``; the PIL image is returned."""
     from PIL import Image, ImageDraw
 
     c = len(names)
@@ -135,6 +186,7 @@ def confusion_matrix_png(cm: np.ndarray, names: list[str], path: str, cell: int 
     draw.text((margin, 8), "prediction ->", fill="black")
     draw.text((4, margin - 40), "truth", fill="black")
     img.save(path)
+    return img
 
 
 class ProbabilityCSVSaver:

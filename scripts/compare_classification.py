@@ -1,20 +1,28 @@
 """Scratch vs MAE vs MSMAE on one classification dataset, several seeds, through the bundles' own configs.
 
-For each seed: pretrain ``mae_pretrain`` and ``msmae_pretrain`` on the training split, then fine-tune
-``vit_classification`` three ways with the same epochs, batch, optimiser, schedule and augmentation:
+For each seed, on the training split minus a label-stratified selection split (``--select_frac`` of it, seeded
+by the seed; ``data_kwargs {"select_frac": ...}`` of the bundles):
 
-* scratch -- random initialisation, no layer-wise lr decay (a decay schedule is designed for pretrained encoders
-  and would slow the scratch encoder down: ``layer_decay 1.0``);
-* MAE -- the mae_pretrain encoder, layer decay 0.75;
-* MSMAE -- the msmae_pretrain encoder with MSMAE masked fine-tuning, layer decay 0.75.
+1. pretrain ``mae_pretrain`` and ``msmae_pretrain`` (its supervised head sees the same training labels);
+2. fine-tune ``vit_classification`` once per arm with the same epochs, batch, optimiser, lr, schedule, augmentation
+   and ``--class_weighting`` / ``--balanced_sampling``:
 
-Each fine-tune keeps the model with the best validation AUC (``models/model.pt``), which ``evaluate.json`` then scores
-on ``--eval_split``. Note: with the PneumoniaMNIST copy in ../shared the validation split both selects the epoch and
-scores it, which flatters every arm alike (its test split is withheld).
+   * ``scratch`` -- random initialisation, **no layer-wise lr decay** (``layer_decay 1.0``): a decay schedule is
+     designed for pretrained encoders and would slow a random encoder down;
+   * ``mae`` -- the mae_pretrain encoder, layer decay 0.75;
+   * ``msmae`` -- the msmae_pretrain encoder, all tokens, layer decay 0.75;
+   * ``msmae_masked`` -- the msmae_pretrain encoder with MSMAE masked fine-tuning, layer decay 0.75;
+
+3. keep each arm's checkpoint with the best AUC on the *selection* split and score it with ``evaluate.json`` on
+   ``--eval_split`` of the reader without the carve (for the shared PneumoniaMNIST copy: its official validation
+   split, never seen while training or selecting).
+
+Writes ``<work_dir>/results.md`` (the table), ``results.png`` (selection-split AUC per epoch, mean and spread
+over seeds, per arm; final metrics with error bars) and ``results.json`` (every number).
 
     python scripts/compare_classification.py --data_format medmnist \\
         --data_path ../shared/data/pneumoniamnist_trainval.npz --class_names "['normal','pneumonia']" \\
-        --img_size "[28,28]" --patch_size "[4,4]" --seeds "[0,1]"
+        --img_size "[28,28]" --patch_size "[4,4]" --seeds "[0,1,2]"
 """
 
 from __future__ import annotations
@@ -25,77 +33,179 @@ import statistics
 import time
 
 import fire
-from medmae_ext.workflow import run_bundle_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+ARMS = {
+    "scratch": ("scratch (no layer decay)", "random init, layer decay 1.0"),
+    "mae": ("MAE", "mae_pretrain encoder, layer decay 0.75"),
+    "msmae": ("MSMAE", "msmae_pretrain encoder, all tokens, layer decay 0.75"),
+    "msmae_masked": ("MSMAE + masked fine-tune", "msmae_pretrain encoder, MSMAE token dropping, layer decay 0.75"),
+}
+
 
 def run(bundle: str, config: str, run_id: str, **override) -> float:
+    from medmae_ext.workflow import run_bundle_config
+
     t0 = time.time()
     run_bundle_config(os.path.join(REPO, "bundles", bundle, "configs"), config, run_id, **override)
     return time.time() - t0
 
 
+def _cell(vals: list[float]) -> str:
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.3f} ± {sd:.3f} [{' / '.join(f'{v:.3f}' for v in vals)}]"
+
+
+def table(results: dict, setup: dict) -> str:
+    """The Markdown report: a header saying what was compared and how, then one row per arm."""
+    names = setup["class_names"]
+    lines = [
+        f"vit_classification scored on `{setup['eval_split']}` (checkpoint chosen on "
+        f"{setup['selection']}); pretraining {setup['pretrain_epochs']} epochs, fine-tuning {setup['epochs']} epochs, "
+        f"batch {setup['batch_size']}, class_weighting `{setup['class_weighting']}`, balanced_sampling "
+        f"`{setup['balanced_sampling']}`; seeds {setup['seeds']}: mean ± sd [per seed].",
+        "",
+        "| arm | initialisation | AUC | accuracy | macro F1 | " + " | ".join(f"recall {n}" for n in names)
+        + " | best epoch | fine-tune time |",
+        "| --- " * (7 + len(names)) + "|",
+    ]
+    for key, runs in results.items():
+        label, init = ARMS[key]
+        recalls = [_cell([r["per_class"][n]["recall"] for r in runs]) for n in names]
+        lines.append(
+            f"| {label} | {init} | {_cell([r['mean_auc'] for r in runs])} | {_cell([r['accuracy'] for r in runs])} | "
+            f"{_cell([r['macro_f1'] for r in runs])} | " + " | ".join(recalls)
+            + f" | {' / '.join(str(r['best_epoch']) for r in runs)} | {statistics.mean(r['time'] for r in runs):.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, setup: dict, path: str) -> str:
+    """Left: selection-split AUC per epoch (mean over seeds, band = min..max) per arm. Right: the scored split's
+    AUC / accuracy / macro F1 per arm, mean with sd error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, runs in results.items():
+        epochs = sorted({h["epoch"] for r in runs for h in r["history"]})
+        per_epoch = [[h["mean_auc"] for r in runs for h in r["history"] if h["epoch"] == e] for e in epochs]
+        mean = [float(np.mean(v)) for v in per_epoch]
+        ax1.plot(epochs, mean, marker="o", label=ARMS[key][0])
+        ax1.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch], alpha=0.2)
+    ax1.set_xlabel("fine-tuning epoch")
+    ax1.set_ylabel("AUC on the selection split")
+    ax1.set_title(f"validation curves ({len(setup['seeds'])} seeds: mean, band = min..max)")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    metrics = [("mean_auc", "AUC"), ("accuracy", "accuracy"), ("macro_f1", "macro F1")]
+    width = 0.8 / max(1, len(results))
+    for i, (key, runs) in enumerate(results.items()):
+        vals = [[r[m] for r in runs] for m, _ in metrics]
+        x = np.arange(len(metrics)) + i * width
+        ax2.bar(x, [np.mean(v) for v in vals], width, yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
+                capsize=3, label=ARMS[key][0])
+    ax2.set_xticks(np.arange(len(metrics)) + width * (len(results) - 1) / 2)
+    ax2.set_xticklabels([m for _, m in metrics])
+    ax2.set_ylim(0.3, 1.0)
+    ax2.set_title(f"scored on '{setup['eval_split']}' (mean ± sd over seeds)")
+    ax2.grid(axis="y", alpha=0.3)
+    ax2.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(data_format: str = "datalist", data_path: str | None = None, class_names=None, img_size=(64, 64),
-         patch_size=(8, 8), seeds=(0, 1), pretrain_epochs: int = 30, epochs: int = 15, batch_size: int = 64,
-         attention_start_epoch: int = 10, eval_split: str = "validation", work_dir: str = "runs/compare_cls",
-         num_workers: int = 0, reuse_pretraining: bool = False):
-    """``reuse_pretraining``: keep a seed's pretrained ``models/model.pt`` already under ``work_dir`` (a rerun that
-    only changes the fine-tuning) instead of pretraining again."""
-    data = {"data_format": data_format, "img_size": list(img_size), "patch_size": list(patch_size),
-            "batch_size": batch_size, "num_workers": num_workers, "resume": False}
+         patch_size=(8, 8), seeds=(0, 1, 2), pretrain_epochs: int = 10, epochs: int = 8, batch_size: int = 64,
+         attention_start_epoch: int = 4, eval_split: str = "validation", select_frac: float = 0.1,
+         class_weighting: str = "none", balanced_sampling: bool = False, arms: str = "scratch,mae,msmae,msmae_masked",
+         work_dir: str = "runs/compare_cls", num_workers: int = 0, num_threads: int = 0, max_items: int | None = None,
+         reuse_pretraining: bool = False, report_only: bool = False):
+    """``select_frac 0`` selects the checkpoint on ``eval_split`` itself (optimistic for every arm; the table says so).
+    ``reuse_pretraining``: keep a seed's pretrained ``models/model.pt`` already under ``work_dir`` (a rerun that only
+    changes the fine-tuning). ``max_items`` keeps the first items of every split (quick checks). Each arm's numbers
+    are also kept in ``<work_dir>/seed<N>/<arm>/compare_result.json``; ``report_only`` rebuilds the table and picture
+    from those (seeds run by separate processes into one ``work_dir``) without training."""
+    from medmae_ext.reports import read_history
+
+    arm_keys = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms)]
+    unknown = [a for a in arm_keys if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
+    seeds = [int(s) for s in (seeds if isinstance(seeds, (list, tuple)) else [seeds])]
+    base_kwargs = {"max_items": int(max_items)} if max_items else {}
+    common = {"data_format": data_format, "img_size": list(img_size), "patch_size": list(patch_size),
+              "batch_size": batch_size, "num_workers": num_workers, "num_threads": num_threads}
     if data_path:
-        data["data_path"] = os.path.abspath(data_path)
+        common["data_path"] = os.path.abspath(data_path)
     cls = {"class_names": list(class_names)} if class_names else {}
+    n_classes = len(class_names) if class_names else 3
+    need_mae, need_msmae = "mae" in arm_keys, any(a.startswith("msmae") for a in arm_keys)
     results: dict[str, list[dict]] = {}
-    for seed in seeds:
-        root = os.path.join(work_dir, f"seed{seed}")
-        mae = os.path.join(root, "mae")
-        msmae = os.path.join(root, "msmae")
-        def done(folder):
+    for seed in seeds if not report_only else ():
+        select = {**base_kwargs, "select_frac": select_frac, "select_seed": seed} if select_frac else base_kwargs
+        train = {**common, "data_kwargs": select, "resume": False, "seed": seed}
+        root = os.path.abspath(os.path.join(work_dir, f"seed{seed}"))
+        mae, msmae = os.path.join(root, "mae"), os.path.join(root, "msmae")
+        # the pretraining configs have their own max_items config id
+        pre = {**train, "data_kwargs": {k: v for k, v in select.items() if k != "max_items"}, "max_items": max_items}
+
+        def pretrained(folder):
             return reuse_pretraining and os.path.isfile(os.path.join(folder, "models", "model.pt"))
 
-        if not done(mae):
-            t = run("mae_pretrain", "train.json", "training", bundle_root=mae, seed=seed, epochs=pretrain_epochs, **data)
+        if need_mae and not pretrained(mae):
+            t = run("mae_pretrain", "train.json", "training", bundle_root=mae, epochs=pretrain_epochs, **pre)
             print(f"seed {seed}: mae_pretrain {t:.0f} s", flush=True)
-        if not done(msmae):
-            t = run("msmae_pretrain", "train.json", "training", bundle_root=msmae, seed=seed, epochs=pretrain_epochs,
-                    num_classes=len(class_names) if class_names else 3, attention_start_epoch=attention_start_epoch,
-                    attention_interval=max(1, attention_start_epoch), **data)
+        if need_msmae and not pretrained(msmae):
+            t = run("msmae_pretrain", "train.json", "training", bundle_root=msmae, epochs=pretrain_epochs,
+                    num_classes=n_classes, attention_start_epoch=attention_start_epoch,
+                    attention_interval=max(1, attention_start_epoch), class_weighting=class_weighting, **pre)
             print(f"seed {seed}: msmae_pretrain {t:.0f} s", flush=True)
-        arms = {
-            "scratch (no layer decay)": dict(pretrained_ckpt="scratch", layer_decay=1.0),
-            "MAE": dict(pretrained_ckpt=os.path.join(mae, "models", "model.pt")),
-            "MSMAE + masked fine-tune": dict(pretrained_ckpt=os.path.join(msmae, "models", "model.pt"),
-                                             msmae_finetune=True),
+        init = {
+            "scratch": dict(pretrained_ckpt="scratch", layer_decay=1.0),
+            "mae": dict(pretrained_ckpt=os.path.join(mae, "models", "model.pt")),
+            "msmae": dict(pretrained_ckpt=os.path.join(msmae, "models", "model.pt")),
+            "msmae_masked": dict(pretrained_ckpt=os.path.join(msmae, "models", "model.pt"), msmae_finetune=True),
         }
-        for name, kw in arms.items():
-            arm_root = os.path.join(root, name.split()[0].lower())
-            t = run("vit_classification", "train.json", "training", bundle_root=arm_root, seed=seed, epochs=epochs,
-                    val_interval=1, **data, **cls, **kw)
-            ev = {k: v for k, v in data.items() if k not in ("resume",)}
+        for key in arm_keys:
+            arm_root = os.path.join(root, key)
+            t = run("vit_classification", "train.json", "training", bundle_root=arm_root, epochs=epochs,
+                    val_interval=1, class_weighting=class_weighting, balanced_sampling=balanced_sampling,
+                    **train, **cls, **init[key])
+            ev = {k: v for k, v in train.items() if k not in ("resume", "seed")}
+            ev["data_kwargs"] = base_kwargs
             run("vit_classification", "evaluate.json", "evaluating", bundle_root=arm_root, split=eval_split, **ev, **cls)
             m = json.load(open(os.path.join(arm_root, "eval", eval_split, "metrics.json")))
-            m["time"] = t
-            results.setdefault(name, []).append(m)
-            print(f"seed {seed}: {name}: AUC {m['mean_auc']:.3f} acc {m['accuracy']:.3f} F1 {m['macro_f1']:.3f} "
-                  f"({t:.0f} s)", flush=True)
-    names = list(next(iter(results.values()))[0]["per_class"])
-    print(f"\nvit_classification on '{eval_split}', {epochs} fine-tuning epochs, pretraining {pretrain_epochs} epochs, "
-          f"seeds {list(seeds)} (mean ± sd; per seed in brackets):")
-    print("| arm | AUC | accuracy | macro F1 | " + " | ".join(f"recall {n}" for n in names) + " | fine-tune time |")
-    print("| --- " * (5 + len(names)) + "|")
-
-    def cell(vals):
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.mean(vals):.3f} ± {sd:.3f} [{' / '.join(f'{v:.3f}' for v in vals)}]"
-
-    for name, ms in results.items():
-        recalls = [cell([m["per_class"][n]["recall"] for m in ms]) for n in names]
-        print(f"| {name} | {cell([m['mean_auc'] for m in ms])} | {cell([m['accuracy'] for m in ms])} | "
-              f"{cell([m['macro_f1'] for m in ms])} | " + " | ".join(recalls)
-              + f" | {statistics.mean(m['time'] for m in ms):.0f} s |")
-
+            history = read_history(os.path.join(arm_root, "eval", "validation", "history.csv"))
+            m.update(time=t, history=history, best_epoch=max(history, key=lambda h: h["mean_auc"])["epoch"])
+            json.dump(m, open(os.path.join(arm_root, "compare_result.json"), "w"), indent=1)
+            results.setdefault(key, []).append(m)
+            print(f"seed {seed}: {ARMS[key][0]}: AUC {m['mean_auc']:.3f} acc {m['accuracy']:.3f} F1 "
+                  f"{m['macro_f1']:.3f} ({t:.0f} s)", flush=True)
+    if report_only:
+        for seed in seeds:
+            for key in arm_keys:
+                path = os.path.join(work_dir, f"seed{seed}", key, "compare_result.json")
+                if not os.path.isfile(path):
+                    raise SystemExit(f"--report_only: {path} is missing (run that seed first)")
+                results.setdefault(key, []).append(json.load(open(path)))
+    setup = {"eval_split": eval_split, "pretrain_epochs": pretrain_epochs, "epochs": epochs, "batch_size": batch_size,
+             "class_weighting": class_weighting, "balanced_sampling": balanced_sampling, "seeds": seeds,
+             "class_names": list(next(iter(results.values()))[0]["per_class"]),
+             "selection": f"a {select_frac:g} label-stratified cut of the training split" if select_frac
+             else f"`{eval_split}` itself (optimistic: the same split selects and scores)"}
+    os.makedirs(work_dir, exist_ok=True)
+    md = table(results, setup)
+    open(os.path.join(work_dir, "results.md"), "w").write(md)
+    json.dump({"setup": setup, "results": results}, open(os.path.join(work_dir, "results.json"), "w"), indent=1)
+    png = plot(results, setup, os.path.join(work_dir, "results.png"))
+    print("\n" + md + f"\n-> {os.path.join(work_dir, 'results.md')}, {png}", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 from .readers import DatalistError, check_files, image_list, load_datalist, load_medmnist_npz
 
 __all__ = [
-    "CHESTXRAY14_CLASSES", "HAM10000_CLASSES", "split_items", "chestxray14_csv", "ham10000_csv", "messidor2_csv",
+    "CHESTXRAY14_CLASSES", "HAM10000_CLASSES", "split_items", "select_split", "chestxray14_csv", "ham10000_csv", "messidor2_csv",
     "image_folder", "classification_datalist", "dataset_items", "check_labels",
 ]
 
@@ -251,7 +251,23 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
     * ``images`` -- a folder of images / volumes / DICOM series folders with no labels (pretraining, inference).
 
     ``max_items`` keeps the first items of the split (quick runs); ``kwargs`` go to the reader.
+
+    ``select_frac`` (data_kwargs ``{"select_frac": 0.1}``): the ``validation`` split becomes a seeded,
+    label-stratified ``select_frac`` of the reader's *training* split (by patient where items carry one) and
+    ``training`` the rest, so that choosing the checkpoint on ``validation`` never looks at the reader's own
+    validation split, which ``evaluate.json`` can then score untouched (run it without ``select_frac``).
+    ``select_seed`` (default 0) seeds the cut; ``test`` is unchanged.
     """
+    select_frac = float(kwargs.pop("select_frac", 0.0) or 0.0)
+    select_seed = int(kwargs.pop("select_seed", 0))
+    if select_frac:
+        if not 0.0 < select_frac < 1.0:
+            raise DatalistError(f"data_kwargs 'select_frac' must be in (0, 1), got {select_frac}")
+        if split not in ("training", "validation"):
+            return dataset_items(data_format, path, split, max_items, **kwargs)
+        train = dataset_items(data_format, path, "training", None, **kwargs)
+        items = select_split(train, split, select_frac, select_seed, source=path)
+        return items[: int(max_items)] if max_items else items
     readers = {
         "datalist": lambda: load_datalist(path, split, is_segmentation=None, **kwargs),
         "medmnist": lambda: load_medmnist_npz(path, split, **kwargs),
@@ -265,6 +281,43 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
         raise DatalistError(f"unknown data_format {data_format!r}: use one of {sorted(readers)}")
     items = readers[data_format]()
     return items[: int(max_items)] if max_items else items
+
+
+def select_split(items: list[dict], split: str, frac: float, seed: int = 0, label_key: str = "label",
+                 group_key: str = "patient", source: str = "datalist") -> list[dict]:
+    """Cut ``items`` into ``training`` (the rest) and ``validation`` (``frac`` of them), stratified by label: each class
+    (the label, or the multi-hot vector as a whole) contributes ``round(frac * count)`` items (at least one where it has
+    two or more), so a 10%-minority class is 10% of both parts. Items sharing ``group_key`` (a patient) go to one side
+    together; the group's first label decides its stratum. Deterministic for a given list and seed."""
+    if split not in ("training", "validation"):
+        raise DatalistError(f"select_split: split must be 'training' or 'validation', got {split!r}")
+    if not items:
+        raise DatalistError(f"{source}: the training split is empty, nothing to carve a selection split from")
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        g = str(it[group_key]) if group_key in it else f"#{i}"
+        groups.setdefault(g, []).append(i)
+    strata: dict[str, list[str]] = {}
+    for g, idx in groups.items():
+        y = items[idx[0]].get(label_key)
+        key = str(np.asarray(y).reshape(-1).tolist()) if y is not None else "unlabelled"
+        strata.setdefault(key, []).append(g)
+    rng = random.Random(seed)
+    chosen = set()
+    for key in sorted(strata):
+        gs = strata[key][:]
+        rng.shuffle(gs)
+        n = int(round(frac * len(gs)))
+        if len(gs) >= 2:
+            n = min(max(n, 1), len(gs) - 1)
+        chosen.update(gs[:n])
+    if not chosen:
+        raise DatalistError(f"{source}: select_frac={frac} leaves no item for the selection split")
+    in_val = {i for g in chosen for i in groups[g]}
+    if len(in_val) == len(items):
+        raise DatalistError(f"{source}: select_frac={frac} leaves no item for training")
+    keep = (lambda i: i in in_val) if split == "validation" else (lambda i: i not in in_val)
+    return [it for i, it in enumerate(items) if keep(i)]
 
 
 def classification_datalist(data_format: str, path: str, split: str = "training", **kwargs) -> list[dict]:
