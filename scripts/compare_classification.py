@@ -64,7 +64,8 @@ def table(results: dict, setup: dict) -> str:
         f"vit_classification scored on `{setup['eval_split']}` (checkpoint chosen on "
         f"{setup['selection']}); pretraining {setup['pretrain_epochs']} epochs, fine-tuning {setup['epochs']} epochs, "
         f"batch {setup['batch_size']}, class_weighting `{setup['class_weighting']}`, balanced_sampling "
-        f"`{setup['balanced_sampling']}`; seeds {setup['seeds']}: mean ± sd [per seed].",
+        f"`{setup['balanced_sampling']}`; encoders pretrained in `{setup['pretrained_in']}`; seeds {setup['seeds']}: "
+        "mean ± sd [per seed].",
         "",
         "| arm | initialisation | AUC | accuracy | macro F1 | " + " | ".join(f"recall {n}" for n in names)
         + " | best epoch | fine-tune time |",
@@ -126,12 +127,14 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
          attention_start_epoch: int = 4, eval_split: str = "validation", select_frac: float = 0.1,
          class_weighting: str = "none", balanced_sampling: bool = False, arms: str = "scratch,mae,msmae,msmae_masked",
          work_dir: str = "runs/compare_cls", num_workers: int = 0, num_threads: int = 0, max_items: int | None = None,
-         reuse_pretraining: bool = False, report_only: bool = False):
+         reuse_pretraining: bool = False, pretrain_dir: str | None = None, report_only: bool = False):
     """``select_frac 0`` selects the checkpoint on ``eval_split`` itself (optimistic for every arm; the table says so).
     ``reuse_pretraining``: keep a seed's pretrained ``models/model.pt`` already under ``work_dir`` (a rerun that only
     changes the fine-tuning). ``max_items`` keeps the first items of every split (quick checks). Each arm's numbers
     are also kept in ``<work_dir>/seed<N>/<arm>/compare_result.json``; ``report_only`` rebuilds the table and picture
-    from those (seeds run by separate processes into one ``work_dir``) without training."""
+    from those (seeds run by separate processes into one ``work_dir``) without training. ``pretrain_dir``: take (and
+    with ``reuse_pretraining`` keep) the pretrained encoders from ``<pretrain_dir>/seed<N>/{mae,msmae}`` instead of
+    ``work_dir``, e.g. to fine-tune with other options on the same encoders."""
     from medmae_ext.reports import read_history
 
     arm_keys = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms)]
@@ -152,7 +155,8 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
         select = {**base_kwargs, "select_frac": select_frac, "select_seed": seed} if select_frac else base_kwargs
         train = {**common, "data_kwargs": select, "resume": False, "seed": seed}
         root = os.path.abspath(os.path.join(work_dir, f"seed{seed}"))
-        mae, msmae = os.path.join(root, "mae"), os.path.join(root, "msmae")
+        pre_root = os.path.abspath(os.path.join(pretrain_dir, f"seed{seed}")) if pretrain_dir else root
+        mae, msmae = os.path.join(pre_root, "mae"), os.path.join(pre_root, "msmae")
         # the pretraining configs have their own max_items config id
         pre = {**train, "data_kwargs": {k: v for k, v in select.items() if k != "max_items"}, "max_items": max_items}
 
@@ -197,6 +201,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
                 results.setdefault(key, []).append(json.load(open(path)))
     setup = {"eval_split": eval_split, "pretrain_epochs": pretrain_epochs, "epochs": epochs, "batch_size": batch_size,
              "class_weighting": class_weighting, "balanced_sampling": balanced_sampling, "seeds": seeds,
+             "pretrained_in": os.path.abspath(pretrain_dir or work_dir), "select_frac": select_frac,
              "class_names": list(next(iter(results.values()))[0]["per_class"]),
              "selection": f"a {select_frac:g} label-stratified cut of the training split" if select_frac
              else f"`{eval_split}` itself (optimistic: the same split selects and scores)"}

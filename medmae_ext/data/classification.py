@@ -250,7 +250,8 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
     * ``chestxray14``, ``ham10000``, ``messidor2``, ``folder`` -- see their readers in this module;
     * ``images`` -- a folder of images / volumes / DICOM series folders with no labels (pretraining, inference).
 
-    ``max_items`` keeps the first items of the split (quick runs); ``kwargs`` go to the reader.
+    ``max_items`` keeps that many items spread evenly over the split (quick runs; a file sorted by class, such as
+    PneumoniaMNIST, still gives every class); ``kwargs`` go to the reader.
 
     ``select_frac`` (data_kwargs ``{"select_frac": 0.1}``): the ``validation`` split becomes a seeded,
     label-stratified ``select_frac`` of the reader's *training* split (by patient where items carry one) and
@@ -266,8 +267,7 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
         if split not in ("training", "validation"):
             return dataset_items(data_format, path, split, max_items, **kwargs)
         train = dataset_items(data_format, path, "training", None, **kwargs)
-        items = select_split(train, split, select_frac, select_seed, source=path)
-        return items[: int(max_items)] if max_items else items
+        return _spread(select_split(train, split, select_frac, select_seed, source=path), max_items)
     readers = {
         "datalist": lambda: load_datalist(path, split, is_segmentation=None, **kwargs),
         "medmnist": lambda: load_medmnist_npz(path, split, **kwargs),
@@ -279,8 +279,15 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
     }
     if data_format not in readers:
         raise DatalistError(f"unknown data_format {data_format!r}: use one of {sorted(readers)}")
-    items = readers[data_format]()
-    return items[: int(max_items)] if max_items else items
+    return _spread(readers[data_format](), max_items)
+
+
+def _spread(items: list[dict], max_items: int | None) -> list[dict]:
+    """``max_items`` items at evenly spaced positions of ``items`` (all of them when ``max_items`` is None / 0)."""
+    if not max_items or int(max_items) >= len(items):
+        return items
+    idx = np.linspace(0, len(items) - 1, int(max_items)).round().astype(int)
+    return [items[i] for i in idx]
 
 
 def select_split(items: list[dict], split: str, frac: float, seed: int = 0, label_key: str = "label",
