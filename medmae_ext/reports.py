@@ -97,6 +97,7 @@ class ClassificationReport:
         import json
 
         metrics = self.compute()
+        epoch = getattr(engine.state, "epoch", 1)  # MONAI's ValidationHandler sets it to the trainer's epoch
         os.makedirs(self.output_dir, exist_ok=True)
         with open(os.path.join(self.output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
@@ -115,11 +116,11 @@ class ClassificationReport:
                     from torch.utils.tensorboard import SummaryWriter
 
                     self._writer = SummaryWriter(log_dir=self.log_dir)
-                self._writer.add_image(f"{self.tag}/confusion_matrix", np.asarray(picture), engine.state.epoch,
+                self._writer.add_image(f"{self.tag}/confusion_matrix", np.asarray(picture), epoch,
                                        dataformats="HWC")
                 self._writer.flush()
         if self.history_file:
-            self._append_history(engine.state.epoch, metrics)
+            self._append_history(epoch, metrics)
         engine.state.metrics.update({k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")})
         engine.state.metrics.update({f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()})
         recalls = ", ".join(f"{n} {v['recall']:.3f}" for n, v in metrics["per_class"].items())

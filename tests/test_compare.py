@@ -50,3 +50,14 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     again = subprocess.run(["bash", "-c", cmds[0] + shrink + " --report_only True"], cwd=REPO, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and open(work / "results.md").read() == md
+    # the MSMAE diagnosis of the README, on this run's fine-tuned models and MSMAE encoder (fire: last value wins)
+    (diag,) = readme_commands("#### Why MSMAE masked fine-tuning trails")
+    roots = [str(work / "seed0" / a) for a in ("msmae_masked", "msmae")]
+    r = subprocess.run(["bash", "-c", diag + f' --arm_roots "{roots}" --repeats 1'], cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [ln.split("|")[1:-1] for ln in r.stdout.splitlines() if ln.startswith("| seed0/")]
+    assert [(x[0].strip(), x[1].strip()) for x in rows if "border" not in x[1]] == [
+        (a, w) for a in ("seed0/msmae_masked", "seed0/msmae") for w in ("all tokens", "attention drop", "random drop")]
+    assert [int(x[2]) for x in rows if "border" not in x[1]] == [49, 12, 12] * 2  # 28 px, patch 4: 25% of 49 kept
+
