@@ -98,9 +98,11 @@ def plot(results: dict, setup: dict, path: str) -> str:
         mean = [float(np.mean(v)) for v in per_epoch]
         ax1.plot(epochs, mean, marker="o", label=ARMS[key][0])
         ax1.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch], alpha=0.2)
+    ax1.xaxis.get_major_locator().set_params(integer=True)
     ax1.set_xlabel("fine-tuning epoch")
     ax1.set_ylabel("AUC on the selection split")
-    ax1.set_title(f"validation curves ({len(setup['seeds'])} seeds: mean, band = min..max)")
+    n = len(setup["seeds"])
+    ax1.set_title(f"selection-split AUC ({n} seed{'s' if n > 1 else ''}: mean, band = min..max)")
     ax1.legend()
     ax1.grid(alpha=0.3)
     metrics = [("mean_auc", "AUC"), ("accuracy", "accuracy"), ("macro_f1", "macro F1")]
@@ -113,9 +115,8 @@ def plot(results: dict, setup: dict, path: str) -> str:
     ax2.set_xticks(np.arange(len(metrics)) + width * (len(results) - 1) / 2)
     ax2.set_xticklabels([m for _, m in metrics])
     ax2.set_ylim(0.3, 1.0)
-    ax2.set_title(f"scored on '{setup['eval_split']}' (mean ± sd over seeds)")
+    ax2.set_title(f"scored on '{setup['eval_split']}' (mean ± sd over seeds; colours as left)")
     ax2.grid(axis="y", alpha=0.3)
-    ax2.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
