@@ -134,7 +134,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
     changes the fine-tuning). ``max_items`` keeps the first items of every split (quick checks). Each arm's numbers
     are also kept in ``<work_dir>/seed<N>/<arm>/compare_result.json``; ``report_only`` rebuilds the table and picture
     from those (seeds run by separate processes into one ``work_dir``) without training. ``pretrain_dir``: take (and
-    with ``reuse_pretraining`` keep) the pretrained encoders from ``<pretrain_dir>/seed<N>/{mae,msmae}`` instead of
+    with ``reuse_pretraining`` keep) the pretrained encoders from ``<pretrain_dir>/seed<N>/pretrain/{mae,msmae}`` instead of
     ``work_dir``, e.g. to fine-tune with other options on the same encoders."""
     from medmae_ext.reports import read_history
 
@@ -156,7 +156,9 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
         select = {**base_kwargs, "select_frac": select_frac, "select_seed": seed} if select_frac else base_kwargs
         train = {**common, "data_kwargs": select, "resume": False, "seed": seed}
         root = os.path.abspath(os.path.join(work_dir, f"seed{seed}"))
-        pre_root = os.path.abspath(os.path.join(pretrain_dir, f"seed{seed}")) if pretrain_dir else root
+        # pretraining folders apart from the arms' (an arm named like a pretraining bundle must never fine-tune into,
+        # and so replace, the encoder a later arm loads)
+        pre_root = os.path.abspath(os.path.join(pretrain_dir or work_dir, f"seed{seed}", "pretrain"))
         mae, msmae = os.path.join(pre_root, "mae"), os.path.join(pre_root, "msmae")
         # the pretraining configs have their own max_items config id
         pre = {**train, "data_kwargs": {k: v for k, v in select.items() if k != "max_items"}, "max_items": max_items}

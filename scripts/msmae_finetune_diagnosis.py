@@ -14,7 +14,7 @@ For each: AUC, accuracy at the argmax, per-class recall and the mean predicted p
 model scores well on the tokens it was trained with but its decision shifts with every token present, the gap is
 a train/test mismatch of masked fine-tuning, not a weak encoder.
 
-    python scripts/msmae_finetune_diagnosis.py --arm_roots "['runs/compare_pneumonia/seed0/msmae_masked','runs/compare_pneumonia/seed0/msmae']" \\
+    python scripts/msmae_finetune_diagnosis.py --arm_roots "['runs/compare_pneumonia/seed0/pretrain/msmae','runs/compare_pneumonia/seed0/msmae_masked']" \\
         --data_format medmnist --data_path ../shared/data/pneumoniamnist_trainval.npz \\
         --class_names "['normal','pneumonia']" --img_size "[28,28]" --patch_size "[4,4]"
 """

@@ -44,6 +44,10 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
         return {round(g["lr"], 12) for g in torch.load(ckpt, weights_only=False)["optimizer"]["param_groups"]}
 
     assert len(lrs("scratch")) == 1 and len(lrs("mae")) > 3 and len(lrs("msmae_masked")) > 3
+    # the encoders stay pretraining checkpoints after every arm ran (no arm fine-tunes into a pretraining folder)
+    for b in ("mae", "msmae"):
+        assert "decoder_pred.weight" in torch.load(work / "seed0" / "pretrain" / b / "models" / "model.pt",
+                                                   weights_only=True)
     with Image.open(work / "results.png") as im:
         assert im.size[0] > 800 and im.size[1] > 300
     # the same table from the per-arm files, without training
