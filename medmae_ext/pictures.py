@@ -34,8 +34,11 @@ def picture_items(data_format: str, data_path: str, data_kwargs: dict | None, fa
                   split: str = "validation") -> list[dict]:
     """``count`` items evenly spread over ``split`` of the dataset (lists sorted by class then give every class a
     row), or over ``fallback`` (the training datalist) where that split is missing or empty."""
-    from .data import dataset_items
+    from .data import dataset_items, spread_items
     from .data.readers import DatalistError
+
+    if count < 1:
+        raise ValueError(f"config id 'picture_count' must be at least 1, got {count}")
 
     kwargs = {k: v for k, v in (data_kwargs or {}).items() if k != "max_items"}
     try:
@@ -46,8 +49,7 @@ def picture_items(data_format: str, data_path: str, data_kwargs: dict | None, fa
     items = items or list(fallback)
     if not items:
         raise ValueError("pictures: no image to draw (empty validation and training lists)")
-    idx = sorted(set(np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int).tolist()))
-    return [items[i] for i in idx]
+    return spread_items(items, count)
 
 
 def _gray(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

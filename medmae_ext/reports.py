@@ -119,10 +119,11 @@ class ClassificationReport:
                 self._writer.add_image(f"{self.tag}/confusion_matrix", np.asarray(picture), epoch,
                                        dataformats="HWC")
                 self._writer.flush()
+        summary = {**{k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")},
+                   **{f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()}}
         if self.history_file:
-            self._append_history(epoch, metrics)
-        engine.state.metrics.update({k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")})
-        engine.state.metrics.update({f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()})
+            self._append_history(epoch, summary)
+        engine.state.metrics.update(summary)
         recalls = ", ".join(f"{n} {v['recall']:.3f}" for n, v in metrics["per_class"].items())
         if len(metrics.get("predicted_classes", ())) == 1 and len(metrics["per_class"]) > 1:
             logger.warning(
@@ -135,13 +136,12 @@ class ClassificationReport:
         return metrics
 
 
-    def _append_history(self, epoch: int, metrics: dict) -> None:
+    def _append_history(self, epoch: int, summary: dict) -> None:
         import csv
 
         path = os.path.join(self.output_dir, self.history_file)
-        fields = ["epoch", "accuracy", "macro_f1", "mean_auc"] + [f"recall_{n}" for n in metrics["per_class"]]
-        row = {"epoch": epoch, **{k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")},
-               **{f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()}}
+        row = {"epoch": epoch, **summary}
+        fields = list(row)
         rows = []
         if os.path.isfile(path):
             with open(path, newline="") as f:

@@ -18,7 +18,7 @@ import numpy as np
 from .readers import DatalistError, check_files, image_list, load_datalist, load_medmnist_npz
 
 __all__ = [
-    "CHESTXRAY14_CLASSES", "HAM10000_CLASSES", "split_items", "select_split", "chestxray14_csv", "ham10000_csv", "messidor2_csv",
+    "CHESTXRAY14_CLASSES", "HAM10000_CLASSES", "split_items", "select_split", "spread_items", "chestxray14_csv", "ham10000_csv", "messidor2_csv",
     "image_folder", "classification_datalist", "dataset_items", "check_labels",
 ]
 
@@ -267,7 +267,7 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
         if split not in ("training", "validation"):
             return dataset_items(data_format, path, split, max_items, **kwargs)
         train = dataset_items(data_format, path, "training", None, **kwargs)
-        return _spread(select_split(train, split, select_frac, select_seed, source=path), max_items)
+        return spread_items(select_split(train, split, select_frac, select_seed, source=path), max_items)
     readers = {
         "datalist": lambda: load_datalist(path, split, is_segmentation=None, **kwargs),
         "medmnist": lambda: load_medmnist_npz(path, split, **kwargs),
@@ -279,11 +279,12 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
     }
     if data_format not in readers:
         raise DatalistError(f"unknown data_format {data_format!r}: use one of {sorted(readers)}")
-    return _spread(readers[data_format](), max_items)
+    return spread_items(readers[data_format](), max_items)
 
 
-def _spread(items: list[dict], max_items: int | None) -> list[dict]:
-    """``max_items`` items at evenly spaced positions of ``items`` (all of them when ``max_items`` is None / 0)."""
+def spread_items(items: list[dict], max_items: int | None) -> list[dict]:
+    """``max_items`` items at evenly spaced positions of ``items`` (all of them when ``max_items`` is None / 0), so
+    that a list sorted by class still gives every class."""
     if not max_items or int(max_items) >= len(items):
         return items
     idx = np.linspace(0, len(items) - 1, int(max_items)).round().astype(int)
