@@ -94,11 +94,3 @@ def balanced_sampler(items: list[dict], num_classes: int, enabled: bool = True, 
     gen = torch.Generator().manual_seed(int(seed))
     logger.info(f"{config_id}: each class drawn equally often (training counts {counts.tolist()})")
     return torch.utils.data.WeightedRandomSampler(per_item, num_samples=len(items), replacement=True, generator=gen)
-
-
-def check_sampling_supported(enabled: bool, where: str = "multi_gpu_train.json") -> None:
-    """``balanced_sampling`` replaces the DataLoader's sampler, which a multi-GPU config needs for its
-    DistributedSampler: say so rather than silently dropping one of them."""
-    if enabled:
-        raise ValueError(f"config id 'balanced_sampling' is not supported with {where} (it needs the sampler for "
-                         "sharding); use class_weighting='balanced' instead")

@@ -4,12 +4,11 @@ validation history / confusion-matrix picture a researcher reads during training
 import collections
 import glob
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import raised, run_bundle
+from conftest import run_bundle
 from medmae_ext.data import DatalistError, dataset_items, select_split
 from medmae_ext.imbalance import balanced_sampler, class_weights, classification_loss
 from medmae_ext.losses import MAELoss
@@ -121,11 +120,3 @@ def test_classification_bundle_weighted_loss_sampler_history_and_confusion_pictu
                split="validation", use_synthetic=False, num_workers=0)
     assert open(tmp_path / "eval" / "validation" / "history.csv").read().splitlines() == rows
     assert json.load(open(tmp_path / "eval" / "validation" / "metrics.json"))["num_samples"] > 0
-
-
-def test_balanced_sampling_is_refused_by_the_multi_gpu_config(tmp_path, synth2d):
-    with pytest.raises(Exception) as info:
-        run_bundle("vit_classification", ["train.json", "multi_gpu_train.json"], bundle_root=str(tmp_path),
-                   dataset_dir=synth2d, balanced_sampling=True, **{k: v for k, v in FAST.items()})
-    assert "'balanced_sampling' is not supported with multi_gpu_train.json" in raised(info, ValueError)
-    assert not os.path.exists(tmp_path / "models")
