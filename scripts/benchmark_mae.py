@@ -15,6 +15,8 @@ Arms:
   monai           ``monai.networks.nets.MaskedAutoEncoderViT`` as MONAI ships it, ``AdamW(fused=True)``
   monai-sdpa      the same MONAI network with SDPA switched on in its blocks (what SDPA alone buys)
   medmae-foreach  (only with --arms) medmae with the for-each AdamW instead of the fused one
+  <arm>+amp       (only with --arms) the arm under autocast: bf16 on CPU, fp16 on CUDA with a GradScaler
+  <arm>+compile   (only with --arms) the arm's network through ``torch.compile`` (compiled before timing)
 
 MFU = the arm's model FLOPs per step (counted with ``torch.utils.flop_counter`` on the explicit-attention path, so
 attention is counted) / time per step / the FLOP/s of a 1024x1024 fp32 matmul timed in the same round, on the same
@@ -56,6 +58,8 @@ PRESETS = {
                      dec=48, dec_mlp=192, dec_layers=2, dec_heads=4, batch=2),
     "vitb2d": dict(spatial_dims=2, img=224, patch=16, hidden=768, mlp=3072, layers=12, heads=12,
                    dec=384, dec_mlp=1536, dec_layers=8, dec_heads=12, batch=8),
+    "vitb3d96": dict(spatial_dims=3, img=96, patch=16, hidden=768, mlp=3072, layers=12, heads=12,
+                     dec=384, dec_mlp=1536, dec_layers=8, dec_heads=12, batch=2),
 }
 ARMS = ("medmae", "medmae-before", "monai", "monai-sdpa")
 EXTRA_ARMS = ("medmae-foreach",)  # on request (--arms): what fused AdamW buys
@@ -95,9 +99,13 @@ def explicit_attention(net: torch.nn.Module):
 class Arm:
     """One implementation: its network, optimizer and a ``step()`` closure over a fixed random batch."""
 
-    def __init__(self, name: str, p: dict, device: str, fused: bool) -> None:
+    def __init__(self, spec: str, p: dict, device: str, fused: bool) -> None:
         torch.manual_seed(0)
-        self.name = name
+        self.name = spec
+        name, *mods = spec.split("+")
+        self.amp, self.compiled = "amp" in mods, "compile" in mods
+        self.device_type = torch.device(device).type
+        self.scaler = torch.amp.GradScaler(self.device_type) if self.amp and self.device_type == "cuda" else None
         patch = (p["patch"],) * p["spatial_dims"]
         self.x = torch.randn((p["batch"], 1) + (p["img"],) * p["spatial_dims"], device=device)
         if name.startswith("medmae"):
@@ -108,7 +116,7 @@ class Arm:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-4,
                                      fused=fused and name not in ("medmae-before", "medmae-foreach"))
         mae_loss, dense_loss = MAELoss(patch), MaskedPatchMSELoss(patch)
-        net, x = self.net, self.x
+        net, x = (torch.compile(self.net) if self.compiled else self.net), self.x
 
         if name in ("medmae", "medmae-foreach"):
             def loss():
@@ -124,13 +132,25 @@ class Arm:
         self.loss = loss
 
     def step(self) -> None:
-        loss = self.loss()
+        if self.amp:
+            dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
+            with torch.autocast(self.device_type, dtype=dtype):
+                loss = self.loss()
+        else:
+            loss = self.loss()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
 
     def flops(self) -> int:
-        """Forward + backward FLOPs of one step, attention counted on the explicit path."""
+        """Forward + backward FLOPs of one step, attention counted on the explicit path (0 for a compiled arm)."""
+        if self.compiled:
+            return 0
         with explicit_attention(self.net), FlopCounterMode(display=False) as counter:
             self.loss().backward()
         self.net.zero_grad(set_to_none=True)
@@ -164,22 +184,36 @@ class MatmulPeak:
         return best
 
 
-def main(preset: str = "tiny2d", device: str | None = None, rounds: int = 7, steps: int = 3, warmup: int = 2,
+def run(preset: str = "tiny2d", device: str | None = None, rounds: int = 7, steps: int = 3, warmup: int = 2,
          threads: int = 1, arms: str | tuple = ARMS, fused: bool = True):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads:
         torch.set_num_threads(threads)
     arms = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms)]
-    unknown = set(arms) - set(ARMS) - set(EXTRA_ARMS)
+    unknown = {a.split("+")[0] for a in arms} - set(ARMS) - set(EXTRA_ARMS)
+    unknown |= {m for a in arms for m in a.split("+")[1:]} - {"amp", "compile"}
     if unknown or "medmae" not in arms:
-        raise ValueError(f"--arms must include 'medmae' and name only {ARMS + EXTRA_ARMS}; got {arms}")
+        raise ValueError(f"--arms must include 'medmae' and name only {ARMS + EXTRA_ARMS}, each optionally with "
+                         f"+amp and/or +compile; got {arms}")
     p = PRESETS[preset]
-    runners = [Arm(a, p, device, fused) for a in arms]
+    runners, failed = [], {}
+    for a in arms:
+        try:
+            r = Arm(a, p, device, fused)
+            r.step()  # an arm that cannot run (e.g. MONAI's MAE under autocast) is reported, not timed
+            runners.append(r)
+        except RuntimeError as e:
+            failed[a] = str(e).splitlines()[0][:120]
     peak = MatmulPeak(device)
     flops = {r.name: r.flops() for r in runners}
+    memory: dict[str, float | None] = {}
     for r in runners:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         for _ in range(warmup):
             r.step()
+        memory[r.name] = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     times: dict[str, list[float]] = {r.name: [] for r in runners}
     peaks: list[float] = []
     for i in range(rounds):
@@ -196,20 +230,32 @@ def main(preset: str = "tiny2d", device: str | None = None, rounds: int = 7, ste
           f"{rounds} interleaved rounds x {steps} steps after {warmup} warm-up; matmul peak per round "
           f"{min(peaks) / 1e9:.1f}-{max(peaks) / 1e9:.1f} GFLOP/s")
     print("| arm | imgs/s (median) | medmae speed-up, median [min-max] of per-round ratios | GFLOP/step | "
-          "MFU, median of rounds |")
-    print("| --- | --- | --- | --- | --- |")
+          "MFU, median of rounds | peak GPU memory |")
+    print("| --- | --- | --- | --- | --- | --- |")
     base = times["medmae"]
+    rows = []
     for r in runners:
         t = times[r.name]
         ratios = [a / b for a, b in zip(t, base)]
         med = statistics.median(t)
         speed = "1 (reference)" if r.name == "medmae" else (
             f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
-        mfu = statistics.median(flops[r.name] / dt / pk for dt, pk in zip(t, peaks))
-        print(f"| {r.name} | {p['batch'] / med:.1f} | {speed} | {flops[r.name] / 1e9:.2f} | {mfu:.0%} |")
-    if device.startswith("cuda"):
-        print(f"peak GPU memory over all arms: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-    return None
+        mfu = statistics.median(flops[r.name] / dt / pk for dt, pk in zip(t, peaks)) if flops[r.name] else None
+        mem = memory[r.name]
+        print(f"| {r.name} | {p['batch'] / med:.1f} | {speed} | "
+              + (f"{flops[r.name] / 1e9:.2f} | {mfu:.0%}" if mfu is not None else "- | -")
+              + f" | {f'{mem:.0f} MiB' if mem is not None else '- (CUDA only)'} |")
+        rows.append(dict(arm=r.name, imgs_per_s=p["batch"] / med, speedup_of_medmae=statistics.median(ratios),
+                         peak_mib=mem))
+    for name, why in failed.items():
+        print(f"| {name} | fails: {why} | - | - | - | - |")
+        rows.append(dict(arm=name, failed=why))
+    return rows
+
+
+def main(**kwargs) -> None:
+    """Print the table (options: see :func:`run`, which also returns its rows)."""
+    run(**kwargs)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,14 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLES = os.path.join(REPO, "bundles")
 sys.path.insert(0, REPO)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N`: the workers share the cores; each worker, and every bundle run it starts (OMP_NUM_THREADS is
+    # inherited), uses its share -- on 2 cores and 2 workers one thread each, never 2 x 2 threads fighting for 2 cores
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

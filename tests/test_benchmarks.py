@@ -49,3 +49,19 @@ def test_readme_benchmark_block_is_what_ci_runs():
         "python scripts/benchmark_msmae_flops.py"]
     assert ('python scripts/readme_commands.py "## Masked fine-tuning" --readme bundles/msmae_pretrain/docs/README.md'
             in ci)
+
+
+def test_benchmark_gpu_prints_every_part_on_cpu(capsys):
+    """scripts/benchmark_gpu.py at toy sizes: each part prints its table (figures are the script's job, not a test's)."""
+    import benchmark_gpu
+
+    benchmark_gpu.main(parts="step,bundle,finetune,unetr", step_presets="tiny2d", rounds=1, bundle_iterations=3,
+                       bundle_batch=4, bundle_img=32, unetr_size=64, unetr_repeats=1, finetune_batch=1)
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert {"medmae", "monai", "monai-sdpa"} <= set(rows) and rows["monai"][-1] == "- (CUDA only)"
+    assert "medmae+amp" not in rows  # AMP arms on a CPU only with --cpu_amp True (bf16 is emulated there)
+    bundle = float(rows["bundle (SupervisedTrainer, data loading, handlers)"][1].rstrip("x"))
+    assert 0 < bundle < 5
+    assert rows["fp32"] and "AMP (bf16)" not in rows and "MSMAE masked fine-tuning" in rows
+    assert "no GPU here: CPU figures" in out

@@ -8,6 +8,7 @@ from PIL import Image
 
 from medmae_ext.data import DatalistError, load_datalist, load_medmnist_npz, make_synthetic_2d
 from medmae_ext.transforms import ValidateImaged
+from conftest import run_bundle
 
 
 def test_synthetic_2d_is_deterministic_and_labelled(tmp_path, synth2d):
@@ -100,3 +101,40 @@ def test_validate_image_names_the_file_on_wrong_channels(tmp_path):
     assert ValidateImaged("image", channels=3, spatial_dims=2)(data)["image"].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="in-memory item"):
         ValidateImaged("image", channels=1)({"image": torch.zeros(2, 4, 4)})
+
+
+def test_disk_cache_is_keyed_by_file_content_and_transform_parameters(tmp_path):
+    """dataset_cache='disk': read back when nothing changed; a changed --img_size or a rewritten image is never
+    served from the stale cache."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
+
+    from medmae_ext.data import cached_dataset
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((16, 16), 10, np.uint8)).save(img)
+    items = [{"image": str(img)}]
+
+    def pre(size):
+        return Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), Resized("image", size)])
+
+    cache = tmp_path / "cache"
+    first = cached_dataset(items, pre((8, 8)), "disk", str(cache))[0]["image"]
+    files = set(os.listdir(cache))
+    assert first.shape == (1, 8, 8) and len(files) == 1
+    assert float(cached_dataset(items, pre((8, 8)), "disk", str(cache))[0]["image"].mean()) == float(first.mean())
+    assert set(os.listdir(cache)) == files  # read back, nothing new written
+    assert cached_dataset(items, pre((4, 4)), "disk", str(cache))[0]["image"].shape == (1, 4, 4)
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(img)
+    os.utime(img, (1, 1))  # a different mtime, as a rewritten file has
+    assert float(cached_dataset(items, pre((8, 8)), "disk", str(cache))[0]["image"].mean()) == 200
+    assert len(os.listdir(cache)) == 3
+    with pytest.raises(DatalistError, match="'dataset_cache' must be one of"):
+        cached_dataset(items, pre((8, 8)), "ssd", str(cache))
+
+
+def test_bundle_trains_from_a_disk_cache(tmp_path, synth2d):
+    wf = run_bundle("mae_pretrain", "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, epochs=1,
+                    epoch_length=2, num_workers=0, batch_size=4, use_synthetic=False, max_items=8,
+                    dataset_cache="disk")
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
+    assert len(os.listdir(tmp_path / "cache")) == 8

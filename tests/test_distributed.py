@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -13,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, bundle_config, raised, run_bundle
+from conftest import REPO, raised, run_bundle
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from readme_commands import readme_commands  # noqa: E402
 
 # (bundle, base config, dataset fixture, per-process overrides as CLI values); tiny sizes: the launch is the test
 CASES = {
@@ -49,18 +53,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bundle_cmd(bundle, configs, root, overrides) -> list[str]:
-    cfg = "[" + ",".join(f"'{bundle_config(bundle, c)}'" for c in configs) + "]"
-    return ["-m", "monai.bundle", "run", "training", "--config_file", cfg,
-            "--meta_file", bundle_config(bundle, "metadata.json"), "--logging_file", bundle_config(bundle, "logging.conf"),
-            "--bundle_root", str(root), *_cli(overrides)]
+def documented_command(bundle: str, base: str) -> str:
+    """The one-line ``torchrun --standalone`` command the docs show for ``bundle``'s ``base`` + multi_gpu_train.json
+    (the repository README for mae 2D, else the bundle's README)."""
+    cfg = f"--config_file \"['bundles/{bundle}/configs/{base}','bundles/{bundle}/configs/multi_gpu_train.json']\""
+    found = []
+    for doc in ("README.md", f"bundles/{bundle}/docs/README.md"):
+        found += [ln.strip() for ln in open(os.path.join(REPO, doc)).read().splitlines()
+                  if ln.startswith("torchrun --standalone") and cfg in ln]
+    assert found, f"no documented torchrun command for {bundle} {base}"
+    return found[0]
 
 
-def torchrun(bundle, configs, root, overrides, nproc=2, timeout=420):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           *_bundle_cmd(bundle, configs, root, overrides)]
+def torchrun(command: str, root, overrides, timeout=420, extra_config=None):
+    """``command`` as written, run by bash from the repository root, with ``--bundle_root root`` and ``overrides``
+    appended (the last value of an option wins); ``extra_config`` is merged after the documented config list."""
+    if extra_config:
+        command = command.replace("multi_gpu_train.json']", f"multi_gpu_train.json','{extra_config}']")
+    full = " ".join([command, *map(shlex.quote, _cli(dict(overrides, bundle_root=str(root))))])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    r = subprocess.run(["bash", "-c", full], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     return r.returncode, r.stdout + r.stderr
 
 
@@ -84,7 +96,7 @@ def train_losses(root) -> dict[int, float]:
 def test_multi_gpu_config_under_torchrun(case, tmp_path, request):
     bundle, base, data_fixture, per_process = CASES[case]
     data = request.getfixturevalue(data_fixture)
-    configs = [base, "multi_gpu_train.json"]
+    command = documented_command(bundle, base)
     ddp = dict(COMMON, dataset_dir=data, **per_process)
     ckpt_dir = tmp_path / "ddp" / "models" / ("3d" if "3d" in base and "pretrain" in bundle else "")
 
@@ -97,14 +109,14 @@ def test_multi_gpu_config_under_torchrun(case, tmp_path, request):
 
     # 2 processes, killed (SIGKILL) after epoch 1
     json.dump(KILL, open(tmp_path / "kill.json", "w"))
-    rc, out = torchrun(bundle, [*configs, str(tmp_path / "kill.json")], tmp_path / "ddp", ddp)
+    rc, out = torchrun(command, tmp_path / "ddp", ddp, extra_config=str(tmp_path / "kill.json"))
     assert rc != 0, out[-3000:]
     assert os.path.isfile(ckpt_dir / "checkpoint_1.pt") and not os.path.exists(ckpt_dir / "checkpoint_2.pt"), out[-3000:]
     # one writer: as many TensorBoard files as the 1-process run made (rank 1 constructs no writer)
     assert len(events(tmp_path / "ddp")) == single_events, (events(tmp_path / "ddp"), out[-3000:])
 
     # relaunched: resumes from the killed run's checkpoint and finishes
-    rc, out = torchrun(bundle, configs, tmp_path / "ddp", ddp)
+    rc, out = torchrun(command, tmp_path / "ddp", ddp)
     assert rc == 0, out[-4000:]
     assert f"resuming from {ckpt_dir / 'checkpoint_1.pt'}" in out, out[-3000:]
     assert os.path.isfile(ckpt_dir / "checkpoint_2.pt")
@@ -133,20 +145,24 @@ def test_multi_gpu_config_under_torchrun(case, tmp_path, request):
     assert np.all(np.isfinite(b)) and np.abs(b - a).max() / np.abs(a).mean() < tolerance, (a, b)
 
 
-def test_two_nodes_of_one_process(tmp_path, synth2d):
-    """The multi-node launch of the README (static rendezvous), as 2 local nodes of 1 process each."""
-    port = _free_port()
-    ddp = dict(COMMON, dataset_dir=synth2d, batch_size=4, img_size=[32, 32], max_items=24, epochs=1)
+def test_readme_launch_commands(tmp_path, synth2d, synth3d):
+    """README "Several GPUs or nodes": the multi-node command as written (plus a tiny budget and the test data,
+    appended: the last value of an option wins), as 2 local nodes of 1 process each (static rendezvous)."""
+    single, nodes = readme_commands("### Several GPUs or nodes")
+    assert single.startswith("torchrun --standalone --nproc_per_node 2 -m monai.bundle run training")
+    assert nodes.startswith('torchrun --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK"')
+    assert single == documented_command("mae_pretrain", "train.json")  # run as written by the mae_2d case above
+    tiny = " ".join(map(shlex.quote, _cli(dict(COMMON, epochs=1, epoch_length=1))))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(n),
-         "--master_addr", "127.0.0.1", "--master_port", str(port),
-         *_bundle_cmd("mae_pretrain", ["train.json", "multi_gpu_train.json"], tmp_path, ddp)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for n in (0, 1)]
+    env.update(NNODES="2", GPUS_PER_NODE="1", MASTER_NODE="127.0.0.1", PET_MASTER_PORT=str(_free_port()))
+    cmd = (f"{nodes} {tiny} --dataset_dir {synth3d} --img_size '[32,32,32]' --batch_size 1 --num_samples 2 "
+           f"--bundle_root {tmp_path / 'nodes'}")
+    procs = [subprocess.Popen(["bash", "-c", cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**env, "NODE_RANK": str(n)}) for n in (0, 1)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-    assert {int(m[0]) for o in outs for m in SHARD_RE.findall(o)} == {0, 1}
-    assert os.path.isfile(tmp_path / "models" / "model.pt")
+    assert {int(m[0]) for o in outs for m in SHARD_RE.findall(o)} == {0, 1}  # one rank on each node
+    assert os.path.isfile(tmp_path / "nodes" / "models" / "3d" / "model.pt")
 
 
 def test_plain_python_launch_is_refused_with_the_torchrun_command(tmp_path, synth2d):
@@ -157,3 +173,41 @@ def test_plain_python_launch_is_refused_with_the_torchrun_command(tmp_path, synt
                    dataset_dir=synth2d, **COMMON)
     assert "needs a torchrun launch" in raised(info, InputError)
     assert not os.path.exists(tmp_path / "models")
+
+
+def _dice_worker(rank: int, port: int, preds, labels, out_file: str) -> None:
+    import torch.distributed as dist
+    from ignite.engine import Engine
+    from monai.handlers import MeanDice, from_engine
+
+    from medmae_ext.distributed import shard_items
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        mine = shard_items(list(range(len(preds))), split="validation", equal=False)
+        engine = Engine(lambda e, i: {"pred": preds[i][None], "label": labels[i][None]})
+        MeanDice(include_background=False, output_transform=from_engine(["pred", "label"])).attach(engine, "dice")
+        engine.run(mine, max_epochs=1)
+        if rank == 0:
+            json.dump({"dice": engine.state.metrics["dice"], "mine": mine}, open(out_file, "w"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_shards_are_gathered_into_the_whole_splits_dice(tmp_path):
+    """unetr's multi_gpu_train.json validates uneven shards (3 volumes on 2 ranks); MONAI's MeanDice all-gathers
+    them: rank 0 reports the Dice of all 3, not of its own 2."""
+    import torch.multiprocessing as mp
+    from monai.metrics import DiceMetric
+
+    g = torch.Generator().manual_seed(0)
+    labels = [torch.nn.functional.one_hot(torch.randint(0, 3, (8, 8, 8), generator=g), 3).permute(3, 0, 1, 2).float()
+              for _ in range(3)]
+    preds = [torch.where(torch.rand(l.shape, generator=g) < q, 1 - l, l) for l, q in zip(labels, (0.05, 0.2, 0.6))]
+    whole = DiceMetric(include_background=False)
+    whole(torch.stack(preds), torch.stack(labels))
+    mp.spawn(_dice_worker, args=(_free_port(), preds, labels, str(tmp_path / "r0.json")), nprocs=2, join=True)
+    got = json.load(open(tmp_path / "r0.json"))
+    assert len(got["mine"]) == 2  # rank 0 saw 2 of the 3 volumes...
+    assert got["dice"] == pytest.approx(float(whole.aggregate()), abs=1e-6)  # ...and reports all 3

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO, bundle_config, run_bundle
 
@@ -90,3 +91,28 @@ def test_missing_image_fails_clearly_before_training(tmp_path, synth2d):
     assert r.returncode != 0
     assert "DatalistError" in r.stderr and dl["training"][3]["image"].split("/")[-1] in r.stderr
     assert not os.path.exists(tmp_path / "models" / "model.pt")
+
+
+def test_compile_flag_compiles_in_place_and_checkpoints_stay_plain():
+    """--compile True compiles every bundle's network in place (nn.Module.compile): state-dict keys, hence
+    checkpoints and model.pt, stay the plain network's; a compiled forward equals the plain one (torch.compile's
+    "eager" backend here: tracing without code generation, so the test stays fast)."""
+    from monai.bundle import ConfigParser
+
+    from medmae_ext.runtime import compiled
+
+    for bundle, cfg in (("mae_pretrain", "train.json"), ("msmae_pretrain", "train_3d.json")):
+        p = ConfigParser()
+        p.read_config(bundle_config(bundle, cfg))
+        p.update({"bundle_root": ".", "compile": True, "device": "$torch.device('cpu')"})
+        net = p.get_parsed_content("network")
+        assert net._compiled_call_impl is not None
+        assert not any("_orig_mod" in k for k in net.state_dict())
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    want = plain(x)
+    assert torch.allclose(compiled(plain, True, backend="eager")(x), want)
+    assert list(plain.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    with pytest.raises(ValueError, match="'compile' must be true or false"):
+        compiled(plain, "yes")

@@ -41,9 +41,17 @@ def _run_all(cmds, repo) -> list[str]:
     return outputs
 
 
-def test_walkthrough_runs_as_written(tmp_path):
+def _walkthrough():
     cmds = readme_commands("## Real data walk-through")
     assert len(cmds) == 7 and all(c.startswith("python -m monai.bundle run") for c in cmds)
+    return cmds
+
+
+def test_walkthrough_2d_runs_as_written(tmp_path):
+    """The 2D chain (MAE, MSMAE, fine-tuning from the MAE encoder, evaluation); independent of the 3D chain, so the
+    two run as separate tests (in parallel under pytest -n)."""
+    cmds = _walkthrough()[:4]
+    assert all("pneumoniamnist" in c for c in cmds)
     repo = _repo_copy(tmp_path)
     outputs = _run_all(cmds, repo)
     b = repo / "bundles"
@@ -53,7 +61,15 @@ def test_walkthrough_runs_as_written(tmp_path):
     assert all(0 <= v["recall"] <= 1 for v in m["per_class"].values())
     assert json.load(open(b / "vit_classification" / "models" / "metadata.json"))["network_data_format"][
         "inputs"]["image"]["spatial_shape"] == [28, 28]
-    assert "loaded from encoder of" in outputs[5] and "/mae_pretrain/models/3d/model.pt" in outputs[5]
+
+
+def test_walkthrough_3d_runs_as_written(tmp_path):
+    """The 3D chain: MAE on the real CT/MRI/DICOM files, UNETR from that encoder, inference on the DICOM series."""
+    cmds = _walkthrough()[4:]
+    repo = _repo_copy(tmp_path)
+    outputs = _run_all(cmds, repo)
+    b = repo / "bundles"
+    assert "loaded from encoder of" in outputs[1] and "/mae_pretrain/models/3d/model.pt" in outputs[1]
     seg = nib.load(b / "unetr_segmentation" / "eval" / "example_ct_dicom_seg.nii.gz")
     assert seg.shape == (512, 512, 20)
 

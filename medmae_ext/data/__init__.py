@@ -2,6 +2,7 @@ from .classification import (
     CHESTXRAY14_CLASSES, HAM10000_CLASSES, check_labels, chestxray14_csv, classification_datalist, dataset_items,
     ham10000_csv, image_folder, messidor2_csv, select_split, split_items, spread_items,
 )
+from .caching import CACHE_KINDS, cached_dataset, item_hash
 from .segmentation import check_segmentation_items, label_lookup, segmentation_items
 from .readers import DatalistError, image_list, check_files, load_datalist, load_medmnist_npz
 from .synthetic import CLASSES_2D, lesion_batch, ORGANS_3D, make_synthetic_2d, make_synthetic_3d, make_synthetic_dataset
@@ -10,5 +11,5 @@ __all__ = [
     "CHESTXRAY14_CLASSES", "HAM10000_CLASSES", "chestxray14_csv", "classification_datalist", "ham10000_csv",
     "image_folder", "messidor2_csv", "select_split", "split_items", "spread_items", "dataset_items", "segmentation_items", "check_segmentation_items", "label_lookup", "check_labels",
     "DatalistError", "image_list", "check_files", "load_datalist", "load_medmnist_npz", "make_synthetic_2d", "make_synthetic_3d",
-    "make_synthetic_dataset", "lesion_batch", "CLASSES_2D", "ORGANS_3D",
+    "make_synthetic_dataset", "lesion_batch", "CLASSES_2D", "ORGANS_3D", "CACHE_KINDS", "cached_dataset", "item_hash",
 ]

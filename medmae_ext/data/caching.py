@@ -1,0 +1,62 @@
+"""Where the deterministic part of the preprocessing is kept between epochs: RAM, disk, or nowhere.
+
+``cache`` (config id ``dataset_cache`` of every training config):
+
+* ``"memory"`` (default) -- MONAI ``CacheDataset``: every item's deterministic transforms once, in RAM. Fastest;
+  needs the whole preprocessed split in RAM on every process (under ``multi_gpu_train.json``: its shard).
+* ``"disk"`` -- MONAI ``PersistentDataset`` under ``cache_dir``: computed once, read back every epoch; for sets that
+  do not fit in RAM (ChestX-ray14's 112k images at 224 px are ~22 GB as float32). The cache key of an item covers
+  the item, the size and modification time of each file it names, and the deterministic transforms with their
+  parameters (``pickle_hashing``), so a changed image, ``--img_size`` or ``--pixdim`` is never served stale.
+* ``"none"`` -- MONAI ``Dataset``: everything recomputed every epoch (least memory; use DataLoader workers).
+
+Random transforms always run per draw, in all three.
+"""
+
+from __future__ import annotations
+
+import os
+
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
+
+from .readers import DatalistError
+
+__all__ = ["CACHE_KINDS", "cached_dataset", "item_hash"]
+
+CACHE_KINDS = ("memory", "disk", "none")
+
+
+def _file_stamps(value, out: list) -> list:
+    if isinstance(value, str) and os.path.exists(value):
+        paths = [value] if os.path.isfile(value) else sorted(
+            os.path.join(value, f) for f in os.listdir(value))  # a DICOM series folder: its files
+        out += [(p, os.path.getsize(p), os.path.getmtime(p)) for p in paths if os.path.isfile(p)]
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _file_stamps(v, out)
+    elif isinstance(value, dict):
+        for k in sorted(value):
+            _file_stamps(value[k], out)
+    return out
+
+
+def item_hash(item) -> bytes:
+    """Cache key of one datalist item: the item itself plus size and mtime of every file (or series folder) it names."""
+    return pickle_hashing((item, _file_stamps(item, [])))
+
+
+def cached_dataset(data, transform, cache: str = "memory", cache_dir: str | None = None, num_workers: int = 0,
+                   config_id: str = "dataset_cache"):
+    """A MONAI dataset over ``data`` that keeps the deterministic transforms' output as ``cache`` says (module doc)."""
+    if cache not in CACHE_KINDS:
+        raise DatalistError(f"config id '{config_id}' must be one of {CACHE_KINDS}, got {cache!r}")
+    if cache == "memory":
+        return CacheDataset(data, transform, cache_rate=1.0, num_workers=num_workers)
+    if cache == "disk":
+        if not cache_dir:
+            raise DatalistError(f"config id '{config_id}'='disk' needs a cache folder (config id 'cache_dir')")
+        os.makedirs(cache_dir, exist_ok=True)
+        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_func=item_hash,
+                                 hash_transform=pickle_hashing)
+    return Dataset(data, transform)
