@@ -64,14 +64,16 @@ def _mae_workflow(root: str, overrides: dict):
                              bundle_root=root, **overrides)
 
 
-def part_bundle(device: str, iterations: int, batch: int, img: int) -> None:
+def part_bundle(device: str, iterations: int, batch: int, img: int, workers: int | None = None) -> None:
     """End-to-end trainer imgs/s (the second epoch: caches filled, no start-up; iterations only, not the per-epoch
     checkpoint) vs the same network, loss and optimizer stepped on one batch of the bundle's own data."""
     from ignite.engine import Events
 
     with tempfile.TemporaryDirectory() as root:
-        overrides = dict(epochs=2, epoch_length=iterations, batch_size=batch, img_size=[img, img], num_workers=0,
+        overrides = dict(epochs=2, epoch_length=iterations, batch_size=batch, img_size=[img, img],
                          picture_interval=1000, warmup_epochs=0, max_items=max(4 * batch, 64))
+        if workers is not None:
+            overrides["num_workers"] = workers
         stamps: list[float] = []
         wf = _mae_workflow(root, dict(overrides, epochs=1))  # builds everything and runs epoch 1 (warm-up)
         trainer = wf.parser.get_parsed_content("train#trainer")
@@ -109,11 +111,18 @@ def part_bundle(device: str, iterations: int, batch: int, img: int) -> None:
             step()
         _sync(dev)
         model_only = batch * iterations / (time.perf_counter() - t0)
+        loader = wf.parser.get_parsed_content("train#dataloader")
+        t0, n = time.perf_counter(), 0
+        for _, b in zip(range(iterations), loader):  # the data pipeline alone: cached items, random transforms, collate
+            n += len(b["image"])
+        data_only = n / (time.perf_counter() - t0)
+    nw = wf.parser.get_parsed_content("num_workers")
     print(f"\n### mae_pretrain bundle end to end vs model only ({img}x{img}, batch {batch}, {iterations} iterations, "
-          f"device {dev}, AMP {'on' if amp else 'off'})\n")
+          f"device {dev}, AMP {'on' if amp else 'off'}, {nw} DataLoader workers)\n")
     print("| path | imgs/s | of model-only |\n| --- | --- | --- |")
     print(f"| model only (network + loss + AdamW on one batch) | {model_only:.1f} | 1 |")
     print(f"| bundle (SupervisedTrainer, data loading, handlers) | {e2e:.1f} | {e2e / model_only:.2f}x |")
+    print(f"| data pipeline alone (DataLoader: augmentation + collate) | {data_only:.1f} | - |")
 
 
 def part_unetr(device: str, size: int, repeats: int, amp: bool = True) -> None:
@@ -185,7 +194,7 @@ def main(parts: str | tuple = PARTS, device: str | None = None, rounds: int = 3,
          step_presets: str | tuple = ("vitb2d", "vitb3d96"),
          bundle_iterations: int = 20, bundle_batch: int = 32, bundle_img: int = 64, unetr_size: int = 128,
          unetr_repeats: int = 2, ddp_iterations: int = 10, ddp_batch: int = 16, ddp_img: int = 128,
-         finetune_batch: int = 8, cpu_amp: bool = False) -> None:
+         bundle_workers: int | None = None, finetune_batch: int = 8, cpu_amp: bool = False) -> None:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     amp = device.startswith("cuda") or cpu_amp  # bf16 autocast on a CPU without bf16 units is emulated: 14-140x slower
     parts = [p.strip() for p in (parts.split(",") if isinstance(parts, str) else parts)]
@@ -199,7 +208,7 @@ def main(parts: str | tuple = PARTS, device: str | None = None, rounds: int = 3,
         part_step(device, rounds, compile,
                   [p.strip() for p in (step_presets.split(",") if isinstance(step_presets, str) else step_presets)], amp)
     if "bundle" in parts:
-        part_bundle(device, bundle_iterations, bundle_batch, bundle_img)
+        part_bundle(device, bundle_iterations, bundle_batch, bundle_img, bundle_workers)
     if "finetune" in parts:
         print("\n### MSMAE masked fine-tuning vs all tokens (ViT-B/16 classifier, 224x224)\n")
         benchmark_msmae_flops.main(batch=finetune_batch, device=device)

@@ -51,12 +51,21 @@ def test_readme_benchmark_block_is_what_ci_runs():
             in ci)
 
 
-def test_benchmark_gpu_prints_every_part_on_cpu(capsys):
-    """scripts/benchmark_gpu.py at toy sizes: each part prints its table (figures are the script's job, not a test's)."""
-    import benchmark_gpu
+def test_readme_gpu_benchmark_command_prints_every_part(capsys):
+    """README "GPU path": the command as written, through fire as the shell would run it, with toy sizes appended
+    (the last value of an option wins); each part prints its table (figures are the script's job, not a test's)."""
+    import shlex
 
-    benchmark_gpu.main(parts="step,bundle,finetune,unetr", step_presets="tiny2d", rounds=1, bundle_iterations=3,
-                       bundle_batch=4, bundle_img=32, unetr_size=64, unetr_repeats=1, finetune_batch=1)
+    import benchmark_gpu
+    import fire
+
+    (cmd,) = readme_commands("### GPU path")
+    argv = shlex.split(cmd)
+    assert argv[:2] == ["python", "scripts/benchmark_gpu.py"]
+    fire.Fire(benchmark_gpu.main, command=argv[2:] + [
+        "--parts", "step,bundle,finetune,unetr", "--step_presets", "tiny2d", "--rounds", "1", "--bundle_iterations",
+        "3", "--bundle_batch", "4", "--bundle_img", "32", "--unetr_size", "64", "--unetr_repeats", "1",
+        "--finetune_batch", "1"])
     out = capsys.readouterr().out
     rows = _rows(out)
     assert {"medmae", "monai", "monai-sdpa"} <= set(rows) and rows["monai"][-1] == "- (CUDA only)"
