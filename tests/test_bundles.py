@@ -69,3 +69,22 @@ def test_configs_parse(path):
     if "network_def" in parser:
         net = parser.get_parsed_content("network_def")
         assert sum(p.numel() for p in net.parameters()) > 0
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_metadata_package_versions_are_the_pinned_ones(bundle):
+    """What metadata.json tells the model zoo and MONAI Label to install is exactly what requirements.txt pins (a
+    drifted pin, e.g. tqdm 4.67.1 vs 4.70.1, installs another environment than the one tested)."""
+    import medmae_ext
+
+    pins = {}
+    for line in open(os.path.join(REPO, "requirements.txt")):
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[name.lower()] = version
+    pins["medmae-ext"] = medmae_ext.__version__
+    meta = json.load(open(os.path.join(BUNDLES, bundle, "configs", "metadata.json")))
+    wanted = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"],
+              **{k.lower(): v for k, v in meta.get("required_packages_version", {}).items()},
+              **{k.lower(): v for k, v in meta.get("optional_packages_version", {}).items()}}
+    assert {k: (v, pins.get(k)) for k, v in wanted.items() if pins.get(k) != v} == {}
