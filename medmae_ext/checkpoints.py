@@ -40,7 +40,7 @@ from .runlock import acquire_run_lock, clean_stale_temp_files, release_run_lock
 
 __all__ = [
     "AtomicCheckpointSaver", "BestModelSaver", "ResumeCheckpointLoader", "RunIdentity", "RunMismatchError",
-    "finite_greater", "latest_checkpoint", "list_checkpoints", "resume_checkpoint",
+    "finite_greater", "items_digest", "latest_checkpoint", "list_checkpoints", "resume_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,13 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
 
 def _unwrap(net):
     return getattr(net, "module", net)
+
+
+def items_digest(items) -> str:
+    """Order-independent 12-hex digest of datalist items by their ``id`` (else ``image``) entries: what identifies a
+    run's training data (:class:`RunIdentity`) and a rank's shard (:func:`medmae_ext.distributed.shard_items`)."""
+    keys = sorted(str(it.get("id", it.get("image"))) if isinstance(it, dict) else str(it) for it in items)
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
 
 
 def _sha256(path: str, length: int = 12) -> str:
@@ -98,9 +105,8 @@ class RunIdentity:
         n_params = sum(v.numel() for v in state.values())
         self.network = f"{type(net).__name__} ({n_params} values, shapes #{hashlib.sha256(shapes.encode()).hexdigest()[:12]})"
         self.init = str(init)
-        keys = sorted(str(it.get("id", it.get("image"))) if isinstance(it, dict) else str(it) for it in (data or []))
-        digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
-        self.data = f"{data_source} ({len(keys)} training items #{digest})"
+        items = list(data or [])
+        self.data = f"{data_source} ({len(items)} training items #{items_digest(items)})"
         self.epochs = None if epochs is None else int(epochs)
 
     def state_dict(self) -> dict:

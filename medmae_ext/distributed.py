@@ -15,17 +15,19 @@ Contract of a multi-process run:
   medmae_ext.distributed.is_main_process()"`` (always enabled in one process), so other ranks never construct them.
 * **learning rate** -- ``base_lr`` is per 256 samples of the *global* batch (``batch_size`` per process x
   processes), as in MAE; :func:`world_size` is 1 in a single process.
-* **metrics** -- validation shards (``DistributedSampler(even_divisible=False)``) are reduced by MONAI's cumulative
-  metrics (``MeanDice`` all-gathers its buffers), so every rank reports the metric of the whole validation split.
+* **metrics** -- validation shards (:func:`shard_items` with ``equal=False``: every item in exactly one shard) are
+  reduced by MONAI's cumulative metrics (``MeanDice`` all-gathers its buffers), so every rank reports the metric of
+  the whole validation split.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 
 import torch
 
+from .checkpoints import items_digest
 from .errors import InputError
 
 __all__ = ["init_process_group", "is_main_process", "rank", "shard_items", "world_size"]
@@ -56,8 +58,6 @@ def init_process_group(device: torch.device | str, backend: str | None = None) -
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``... in the environment)
     and pin CUDA devices to ``LOCAL_RANK``; ``backend`` defaults to NCCL on CUDA, gloo otherwise. Returns the
     world size. A clear error when the environment is not torchrun's (the config run with plain ``python``)."""
-    import os
-
     if _initialized():
         return world_size()
     missing = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
@@ -75,11 +75,6 @@ def init_process_group(device: torch.device | str, backend: str | None = None) -
     if is_main_process():
         logger.info(f"process group: {world_size()} processes, backend {backend}")
     return world_size()
-
-
-def _digest(items) -> str:
-    keys = sorted(str(it.get("id", it.get("image"))) if isinstance(it, dict) else str(it) for it in items)
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
 
 
 def shard_items(items, seed: int = 0, split: str = "training", equal: bool = True,
@@ -104,6 +99,6 @@ def shard_items(items, seed: int = 0, split: str = "training", equal: bool = Tru
     shard = partition_dataset(items, num_partitions=world, shuffle=equal, seed=seed, even_divisible=equal,
                               drop_last=equal)[me]
     left = n - world * len(shard) if equal else 0
-    logger.info(f"rank {me}/{world}: {len(shard)} of {n} {split} items (ids #{_digest(shard)})"
+    logger.info(f"rank {me}/{world}: {len(shard)} of {n} {split} items (ids #{items_digest(shard)})"
                 + (f"; {left} left out to keep the shards equal" if left else ""))
     return shard

@@ -52,12 +52,11 @@ def part_step(device: str, rounds: int, compile_: bool, presets=("vitb2d", "vitb
         arms += ["medmae+compile", "monai-sdpa+compile"]
     for preset in presets:
         print(f"\n### MAE pretraining step, {preset} (imgs/s; speed-up = arm time / medmae time, per round)\n")
-        benchmark_mae.run(preset=preset, device=device, rounds=rounds, steps=1, warmup=1,
+        benchmark_mae.main(preset=preset, device=device, rounds=rounds, steps=1, warmup=1,
                           threads=0 if device.startswith("cuda") else 1, arms=",".join(arms))
 
 
 def _mae_workflow(root: str, overrides: dict):
-    sys.path.insert(0, REPO)
     from medmae_ext.workflow import run_bundle_config
 
     return run_bundle_config(os.path.join(REPO, "bundles", "mae_pretrain", "configs"), "train.json", "training",
@@ -86,23 +85,15 @@ def part_bundle(device: str, iterations: int, batch: int, img: int, workers: int
         e2e = batch * (iterations - 1) / (stamps[-1] - stamps[-iterations])
         net, loss_fn, opt = (wf.parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
         prep = wf.parser.get_parsed_content("train#prepare_batch")
-        batchdata = next(iter(wf.parser.get_parsed_content("train#dataloader")))
+        loader = wf.parser.get_parsed_content("train#dataloader")
         dev = wf.parser.get_parsed_content("device")
         amp = bool(wf.parser.get_parsed_content("amp")) and dev.type == "cuda"
-        image, target, args, kwargs = prep(batchdata, dev)
+        image, target, args, kwargs = prep(next(iter(loader)), dev)
         scaler = torch.amp.GradScaler("cuda") if amp else None
 
         def step():
-            with torch.autocast("cuda", enabled=amp):
-                loss = loss_fn(net(image, *args, **kwargs), target)
-            opt.zero_grad(set_to_none=True)
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            benchmark_mae.training_step(lambda: loss_fn(net(image, *args, **kwargs), target), opt, dev.type, amp,
+                                        scaler)
 
         step()
         _sync(dev)
@@ -111,7 +102,6 @@ def part_bundle(device: str, iterations: int, batch: int, img: int, workers: int
             step()
         _sync(dev)
         model_only = batch * iterations / (time.perf_counter() - t0)
-        loader = wf.parser.get_parsed_content("train#dataloader")
         t0, n = time.perf_counter(), 0
         for _, b in zip(range(iterations), loader):  # the data pipeline alone: cached items, random transforms, collate
             n += len(b["image"])
@@ -139,16 +129,16 @@ def part_unetr(device: str, size: int, repeats: int, amp: bool = True) -> None:
     x = torch.randn(1, 1, size, size, size, device=device)
     dev_type = torch.device(device).type
     rows = []
-    for amp in (False, True) if amp else (False,):
-        dtype = torch.float16 if dev_type == "cuda" else torch.bfloat16
-        with torch.no_grad(), torch.autocast(dev_type, dtype=dtype, enabled=amp):
+    dtype = torch.float16 if dev_type == "cuda" else torch.bfloat16
+    for use_amp in (False, True) if amp else (False,):
+        with torch.no_grad(), torch.autocast(dev_type, dtype=dtype, enabled=use_amp):
             inferer(x, net)
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(repeats):
                 inferer(x, net)
             _sync(device)
-        rows.append((amp, (time.perf_counter() - t0) / repeats))
+        rows.append((use_amp, (time.perf_counter() - t0) / repeats))
     print(f"\n### UNETR sliding window over a {size}^3 volume (window {roi}, overlap "
           f"{p.get_parsed_content('sw_overlap')}, device {device})\n")
     print("| precision | seconds / volume |\n| --- | --- |")

@@ -96,6 +96,21 @@ def explicit_attention(net: torch.nn.Module):
             m.use_flash_attention = flag
 
 
+def training_step(compute_loss, opt, device_type: str, amp: bool = False, scaler=None) -> None:
+    """One optimizer step on ``compute_loss()``: under autocast when ``amp`` (fp16 on CUDA, bf16 elsewhere), through
+    ``scaler`` (a CUDA ``GradScaler``) when given."""
+    with torch.autocast(device_type, dtype=torch.float16 if device_type == "cuda" else torch.bfloat16, enabled=amp):
+        loss = compute_loss()
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
 class Arm:
     """One implementation: its network, optimizer and a ``step()`` closure over a fixed random batch."""
 
@@ -132,20 +147,7 @@ class Arm:
         self.loss = loss
 
     def step(self) -> None:
-        if self.amp:
-            dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
-            with torch.autocast(self.device_type, dtype=dtype):
-                loss = self.loss()
-        else:
-            loss = self.loss()
-        self.opt.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.opt.step()
+        training_step(self.loss, self.opt, self.device_type, self.amp, self.scaler)
 
     def flops(self) -> int:
         """Forward + backward FLOPs of one step, attention counted on the explicit path (0 for a compiled arm)."""
@@ -184,8 +186,8 @@ class MatmulPeak:
         return best
 
 
-def run(preset: str = "tiny2d", device: str | None = None, rounds: int = 7, steps: int = 3, warmup: int = 2,
-         threads: int = 1, arms: str | tuple = ARMS, fused: bool = True):
+def main(preset: str = "tiny2d", device: str | None = None, rounds: int = 7, steps: int = 3, warmup: int = 2,
+         threads: int = 1, arms: str | tuple = ARMS, fused: bool = True) -> None:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads:
         torch.set_num_threads(threads)
@@ -233,7 +235,6 @@ def run(preset: str = "tiny2d", device: str | None = None, rounds: int = 7, step
           "MFU, median of rounds | peak GPU memory |")
     print("| --- | --- | --- | --- | --- | --- |")
     base = times["medmae"]
-    rows = []
     for r in runners:
         t = times[r.name]
         ratios = [a / b for a, b in zip(t, base)]
@@ -245,17 +246,8 @@ def run(preset: str = "tiny2d", device: str | None = None, rounds: int = 7, step
         print(f"| {r.name} | {p['batch'] / med:.1f} | {speed} | "
               + (f"{flops[r.name] / 1e9:.2f} | {mfu:.0%}" if mfu is not None else "- | -")
               + f" | {f'{mem:.0f} MiB' if mem is not None else '- (CUDA only)'} |")
-        rows.append(dict(arm=r.name, imgs_per_s=p["batch"] / med, speedup_of_medmae=statistics.median(ratios),
-                         peak_mib=mem))
     for name, why in failed.items():
         print(f"| {name} | fails: {why} | - | - | - | - |")
-        rows.append(dict(arm=name, failed=why))
-    return rows
-
-
-def main(**kwargs) -> None:
-    """Print the table (options: see :func:`run`, which also returns its rows)."""
-    run(**kwargs)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def test_multi_gpu_config_under_torchrun(case, tmp_path, request):
     assert not any(k.startswith("module.") for k in ckpt["network"])  # unwrapped: loads without DDP
 
     # disjoint shards, each rank its own, of equal length; the logged digests are shard_items' own
-    from medmae_ext.distributed import _digest, shard_items
+    from medmae_ext.checkpoints import items_digest
+    from medmae_ext.distributed import shard_items
 
     logged = {int(m[0]): m for m in SHARD_RE.findall(out)}
     assert sorted(logged) == [0, 1], out[-3000:]
@@ -133,7 +134,7 @@ def test_multi_gpu_config_under_torchrun(case, tmp_path, request):
     ids = [{str(it.get("id", it.get("image"))) for it in s} for s in shards]
     assert not ids[0] & ids[1] and len(shards[0]) == len(shards[1]) == len(items) // 2
     for r in (0, 1):
-        assert logged[r][4] == _digest(shards[r]) and int(logged[r][2]) == len(shards[r])
+        assert logged[r][4] == items_digest(shards[r]) and int(logged[r][2]) == len(shards[r])
 
     # the same loss curve as one process at the same global batch (rank 0 logs its own half-batch loss: noisier)
     l1, l2 = train_losses(tmp_path / "one"), train_losses(tmp_path / "ddp")
