@@ -30,7 +30,7 @@ def _cli(*args, timeout=600):
     return r.returncode, r.stdout + r.stderr
 
 
-def test_scratch_survives_the_cli_and_default_loads_the_sibling_loudly(tmp_path, synth2d, mae_ckpt):
+def test_scratch_survives_the_cli_and_auto_loads_the_sibling_loudly(tmp_path, synth2d, mae_ckpt):
     # the zoo layout: the sibling pretraining bundle's model.pt is what the default pretrained_ckpt points at
     root = tmp_path / "vit_classification"
     os.makedirs(tmp_path / "mae_pretrain" / "models")
@@ -46,7 +46,13 @@ def test_scratch_survives_the_cli_and_default_loads_the_sibling_loudly(tmp_path,
     qkv = "encoder.blocks.0.attn.qkv.weight"
     sib = torch.load(sibling, weights_only=True)[qkv]
     assert not torch.allclose(ck["network"][qkv], sib, atol=0.1)  # one step moves weights by far less than 0.1
-    rc, out = _cli(*common, "--bundle_root", tmp_path / "vit2")  # default: the sibling's encoder, said so
+    # default "auto" without a sibling (a bundle copied alone: zoo, MONAI Label): random weights, said so and recorded
+    rc, out = _cli(*common, "--bundle_root", tmp_path / "vit2")
+    assert rc == 0, out[-3000:]
+    assert "does not exist, so this run starts from RANDOM weights" in out and "starts from RANDOM weights" in out
+    assert torch.load(tmp_path / "vit2" / "models" / "checkpoint_1.pt", weights_only=True)["run"]["init"] == "scratch"
+    # an explicit path that does not exist is a request: it stops
+    rc, out = _cli(*common, "--bundle_root", tmp_path / "vit4", "--pretrained_ckpt", tmp_path / "no" / "model.pt")
     assert rc != 0 and "pretrained checkpoint not found" in out and "--pretrained_ckpt scratch" in out
     root3 = tmp_path / "vit_classification"
     rc, out = _cli(*common, "--resume", "False")

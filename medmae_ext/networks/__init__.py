@@ -3,9 +3,11 @@ from .patching import grid_shape, patch_weights, patchify, unpatchify
 from .vit import Block, ViTClassifier, ViTEncoder
 from .weights import (
     encoder_state_dict, init_description, is_scratch, load_pretrained_encoder, map_encoder_keys, read_state_dict,
+    resolve_pretrained,
 )
 
 __all__ = [
     "MaskedAutoencoder", "ViTEncoder", "ViTClassifier", "Block", "patchify", "unpatchify", "patch_weights",
     "grid_shape", "load_pretrained_encoder", "init_description", "is_scratch", "read_state_dict", "encoder_state_dict", "map_encoder_keys",
+    "resolve_pretrained",
 ]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "read_state_dict", "encoder_state_dict", "map_encoder_keys", "load_pretrained_encoder", "resize_pos_embed",
-    "is_scratch", "init_description", "SCRATCH_VALUES",
+    "is_scratch", "init_description", "SCRATCH_VALUES", "resolve_pretrained", "AUTO",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,32 @@ SCRATCH_VALUES = ("", "none", "null", "scratch", "random")
 def is_scratch(ckpt_path) -> bool:
     """True when ``pretrained_ckpt`` asks for random initialisation (None, "", "none", "null", "scratch", "random")."""
     return ckpt_path is None or (isinstance(ckpt_path, str) and ckpt_path.strip().lower() in SCRATCH_VALUES)
+
+
+# ``pretrained_ckpt`` default of the fine-tuning bundles: the sibling pretraining bundle's ``models/model.pt`` when it
+# exists (the zoo layout ``<dir>/mae_pretrain`` next to ``<dir>/vit_classification``), random weights otherwise.
+AUTO = "auto"
+
+
+def resolve_pretrained(ckpt_path, sibling: str):
+    """The checkpoint a fine-tuning run starts from (config id ``pretrained``).
+
+    ``pretrained_ckpt`` "auto" (the default) means ``sibling`` (config id ``sibling_pretrained_ckpt``: the pretraining
+    bundle next to this one) when that file exists, else random weights: a bundle copied alone (model zoo, MONAI
+    Label) trains from scratch, and says so in the log and in the run identity of every checkpoint. Any other value
+    is an explicit request: a path that does not exist stops the run (:func:`load_pretrained_encoder`), "scratch"
+    (see :func:`is_scratch`) means random weights.
+    """
+    if not (isinstance(ckpt_path, str) and ckpt_path.strip().lower() == AUTO):
+        return ckpt_path
+    if os.path.isfile(sibling):
+        logger.info(f"pretrained_ckpt 'auto': the sibling pretraining bundle's {os.path.abspath(sibling)}")
+        return sibling
+    logger.warning(
+        f"pretrained_ckpt 'auto': {os.path.abspath(sibling)} does not exist, so this run starts from RANDOM weights "
+        "(run the pretraining bundle first, or pass --pretrained_ckpt <path to its models/model.pt>)"
+    )
+    return "scratch"
 
 
 def init_description(ckpt_path) -> str:
