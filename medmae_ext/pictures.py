@@ -13,6 +13,7 @@ are drawn upright (rows = H), as the source PNG looks.
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import numpy as np
@@ -69,6 +70,30 @@ def _heat(a: np.ndarray) -> np.ndarray:
     return np.stack([np.clip(2 * a, 0, 1), np.clip(2 * a - 1, 0, 1), np.zeros_like(a)], axis=-1)
 
 
+def reconstruct(image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size, norm_pix: bool = True) -> torch.Tensor:
+    """The reconstructed image ``[B, C, *spatial]`` (CPU, float): visible patches from ``image``, masked ones from
+    the dense prediction ``pred`` ``[B, N, P]``, de-normalised per patch with the input patch's mean and std when
+    ``norm_pix`` (the loss's normalised-pixel target)."""
+    image = image.detach().float().cpu()
+    grid = [s // p for s, p in zip(image.shape[2:], patch_size)]
+    target = patchify(image, patch_size)
+    pred = pred.detach().float().cpu()
+    if norm_pix:
+        mean = target.mean(-1, keepdim=True)
+        std = (target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+        pred = pred * std + mean
+    m = mask.detach().float().cpu().unsqueeze(-1)
+    return unpatchify(torch.where(m > 0, pred, target), patch_size, grid, image.shape[1])
+
+
+def patch_values_to_voxels(values: torch.Tensor, image_shape, patch_size) -> torch.Tensor:
+    """One value per patch ``[B, N]`` painted over its patch: ``[B, *spatial]``."""
+    c = image_shape[1]
+    grid = [s // p for s, p in zip(image_shape[2:], patch_size)]
+    per_patch = values.unsqueeze(-1).expand(-1, -1, c * math.prod(patch_size))
+    return unpatchify(per_patch, patch_size, grid, c)[:, 0]
+
+
 def reconstruction_panel(
     image: torch.Tensor,
     pred: torch.Tensor,
@@ -83,23 +108,12 @@ def reconstruction_panel(
     ``attention`` (``[B, N]`` in [0, 1]) that map over the input. ``pred`` is the dense ``[B, N, P]`` prediction
     (:meth:`~medmae_ext.networks.MaskedAutoencoder.dense_prediction`), de-normalised per patch when ``norm_pix``."""
     image = image.detach().float().cpu()
-    c = image.shape[1]
-    grid = [s // p for s, p in zip(image.shape[2:], patch_size)]
-    target = patchify(image, patch_size)
-    pred = pred.detach().float().cpu()
-    if norm_pix:
-        mean = target.mean(-1, keepdim=True)
-        std = (target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
-        pred = pred * std + mean
-    m = mask.detach().float().cpu().unsqueeze(-1)
-    t = thrown.detach().float().cpu().unsqueeze(-1) if thrown is not None else torch.zeros_like(m)
-    recon = unpatchify(torch.where(m > 0, pred, target), patch_size, grid, c)
-
-    def voxels(per_patch: torch.Tensor) -> torch.Tensor:  # [B, N, 1] -> [B, *spatial]
-        return unpatchify(per_patch.expand(-1, -1, target.shape[-1]), patch_size, grid, c)[:, 0]
-
-    mvox, tvox = voxels(m), voxels(t)
-    avox = voxels(attention.detach().float().cpu().unsqueeze(-1)) if attention is not None else None
+    recon = reconstruct(image, pred, mask, patch_size, norm_pix)
+    m = mask.detach().float().cpu()
+    mvox = patch_values_to_voxels(m, image.shape, patch_size)
+    tvox = patch_values_to_voxels(thrown.detach().float().cpu() if thrown is not None else torch.zeros_like(m),
+                                  image.shape, patch_size)
+    avox = patch_values_to_voxels(attention.detach().float().cpu(), image.shape, patch_size) if attention is not None else None
     rows = []
     for i in range(image.shape[0]):
         views = [image[i, 0], recon[i, 0], mvox[i], tvox[i]] + ([avox[i]] if avox is not None else [])

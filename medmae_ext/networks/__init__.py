@@ -1,3 +1,4 @@
+from .features import EncoderFeatures, load_weights
 from .mae import MaskedAutoencoder
 from .patching import grid_shape, patch_weights, patchify, unpatchify
 from .vit import Block, ViTClassifier, ViTEncoder
@@ -7,7 +8,7 @@ from .weights import (
 )
 
 __all__ = [
-    "MaskedAutoencoder", "ViTEncoder", "ViTClassifier", "Block", "patchify", "unpatchify", "patch_weights",
+    "MaskedAutoencoder", "EncoderFeatures", "load_weights", "ViTEncoder", "ViTClassifier", "Block", "patchify", "unpatchify", "patch_weights",
     "grid_shape", "load_pretrained_encoder", "init_description", "is_scratch", "read_state_dict", "encoder_state_dict", "map_encoder_keys",
     "resolve_pretrained",
 ]
