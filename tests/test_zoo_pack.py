@@ -1,0 +1,153 @@
+"""The release path (issue 10): ``scripts/pack_bundle.py`` packs each bundle into a model-zoo folder + zip that runs
+ALONE: copied to a temporary folder, in fresh interpreters where the only ``medmae_ext`` is the one shipped inside.
+
+Per bundle: pack without weights, copy alone, train one iteration there (``python -m monai.bundle run training``
+from inside the bundle, the zoo convention); pack again with the weights that run wrote (``large_files.yml`` with
+their sha256, ``docs/data_license.txt``), copy that release alone and run MONAI's checks as the zoo CI does
+(``verify_metadata`` against the official schema, ``verify_net_in_out``, ``ckpt_export`` + the TorchScript's output,
+``ConfigWorkflow.check_properties`` of every config), the bundle's inference, the large-file hash check, and
+``monai.bundle download`` of the zip from a ``file://`` URL + ``monai.bundle.load`` (every tensor loaded).
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+
+SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
+CHECKS = os.path.join(REPO, "tests", "zoo_checks.py")
+TINY = ["--epochs", "1", "--epoch_length", "1", "--num_workers", "0"]
+# per bundle: the 1-iteration trainings (config, extra args), and the configs whose MONAI properties are checked
+BUNDLES = {
+    "mae_pretrain": dict(
+        train=[("train.json", ["--batch_size", "4"]), ("train_3d.json", ["--batch_size", "1"])],
+        properties=[("inference", "inference.json"), ("inference", "inference.json+inference_3d.json")],
+        train_properties=["train.json", "train_3d.json"]),
+    "msmae_pretrain": dict(
+        train=[("train.json", ["--batch_size", "4"]), ("train_3d.json", ["--batch_size", "1"])],
+        properties=[("inference", "inference.json"), ("inference", "inference.json+inference_3d.json")],
+        train_properties=["train.json", "train_3d.json"]),
+    "vit_classification": dict(
+        train=[("train.json", ["--batch_size", "4", "--val_interval", "1"])],
+        properties=[("inference", "inference.json"), ("eval", "evaluate.json")],
+        train_properties=["train.json"]),
+    "unetr_segmentation": dict(
+        train=[("train.json", ["--batch_size", "1", "--val_interval", "1"])],
+        properties=[("inference", "inference.json"), ("eval", "evaluate.json")],
+        train_properties=["train.json"]),
+}
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _run(args, cwd, timeout=600):
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=str(cwd), env=_env(), capture_output=True, text=True,
+                       timeout=timeout)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"{' '.join(map(str, args))} (in {cwd}) failed:\n{out[-4000:]}"
+    return out
+
+
+def _pack(bundle, out, models_dir=None):
+    args = [os.path.join(REPO, "scripts", "pack_bundle.py"), "--bundle", bundle, "--out", out]
+    if models_dir:
+        args += ["--models_dir", models_dir]
+    _run(args, REPO)
+    return os.path.join(out, bundle)
+
+
+def _alone(packed, where):
+    """Copy a packed bundle to a folder of its own, far from the repository."""
+    dst = os.path.join(where, os.path.basename(packed))
+    shutil.copytree(packed, dst)
+    return dst
+
+
+@pytest.mark.skipif(not os.path.isfile(SCHEMA), reason="../shared/monai/meta_schema_20240725.json is not present")
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
+    spec = BUNDLES[bundle]
+    # 1. pack without weights; train one iteration of every training config inside the bundle copied alone
+    bare = _alone(_pack(bundle, tmp_path / "dist0"), tmp_path / "alone0")
+    assert not os.path.exists(os.path.join(bare, "large_files.yml"))
+    assert "without trained weights" in open(os.path.join(bare, "docs", "data_license.txt")).read()
+    for config, extra in spec["train"]:
+        out = _run(["-m", "monai.bundle", "run", "training", "--config_file", f"configs/{config}", *TINY, *extra], bare)
+        assert "Engine run finished" in out
+    assert os.path.isfile(os.path.join(bare, "models", "model.pt"))
+
+    # 2. the release: packed with those weights, copied alone
+    release = _alone(_pack(bundle, tmp_path / "dist", os.path.join(bare, "models")), tmp_path / "alone")
+    assert sorted(os.listdir(release)) == sorted(
+        ["LICENSE", "configs", "docs", "large_files.yml", "medmae_ext", "models"])
+    assert not glob.glob(os.path.join(release, "models", "checkpoint_*.pt")), "resume state must not ship"
+    assert "synthetic data only" in open(os.path.join(release, "docs", "data_license.txt")).read()
+    meta = json.load(open(os.path.join(release, "configs", "metadata.json")))
+    assert "medmae-ext" not in meta["required_packages_version"]  # shipped inside, not installed
+
+    # large_files.yml: MONAI's own downloader accepts the shipped file by its sha256 (no network needed) ...
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import download_large_files
+
+    large = ConfigParser.load_config_file(os.path.join(release, "large_files.yml"))["large_files"]
+    assert {f["path"] for f in large} == {os.path.relpath(p, release).replace(os.sep, "/") for p in
+                                          glob.glob(os.path.join(release, "models", "**", "model.pt"), recursive=True)}
+    download_large_files(bundle_path=release)  # (MONAI 1.6.1 fails when given large_file_name)
+    # ... and refuses a file that is not the one recorded (MONAI's check_hash)
+    tampered = _alone(release, tmp_path / "tampered")
+    sd = torch.load(os.path.join(tampered, "models", "model.pt"), weights_only=True)
+    torch.save({k: v + 1 for k, v in sd.items()}, os.path.join(tampered, "models", "model.pt"))
+    with pytest.raises(Exception):
+        download_large_files(bundle_path=tampered)
+
+    # 3. MONAI's checks in a fresh interpreter that sees only the bundle's medmae_ext
+    steps = ["import", "metadata", "net_in_out", "export"] + [f"properties:{k}:{c}" for k, c in spec["properties"]]
+    out = _run([CHECKS, release, SCHEMA, *steps], tmp_path)
+    assert [line for line in out.splitlines() if line.startswith("OK ")] == [f"OK {s}" for s in steps]
+
+    # 4. the bundle's own inference, run from inside it
+    if bundle in ("mae_pretrain", "msmae_pretrain"):
+        _run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input_glob", "cxr_000[0-2].png"],
+             release)
+        res = os.path.join(release, "eval", "inference")
+        rows = open(os.path.join(res, "embeddings.csv")).read().splitlines()
+        assert len(rows) == 4 and rows[0].startswith("image,f0,") and len(rows[1].split(",")) == 1 + 192
+        assert sorted(os.listdir(res)) == ["cxr_0000_recon.png", "cxr_0001_recon.png", "cxr_0002_recon.png",
+                                           "embeddings.csv"]
+        _run(["-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/inference_3d.json']",
+              "--input_glob", "ct_000.nii.gz"], release)
+        res3 = sorted(os.listdir(os.path.join(release, "eval", "3d", "inference")))
+        assert res3 == sorted(["ct_000_recon.nii.gz", "embeddings.csv"]
+                              + (["ct_000_attention.nii.gz"] if bundle == "msmae_pretrain" else []))
+    elif bundle == "vit_classification":
+        _run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json"], release)
+        assert glob.glob(os.path.join(release, "eval", "**", "*.csv"), recursive=True)
+    else:
+        _run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input_glob", "ct_000.nii.gz"],
+             release)
+        assert glob.glob(os.path.join(release, "eval", "**", "*.nii.gz"), recursive=True)
+
+    # 5. every training config's properties (last: a training run in the bundle sets the shipped model.pt aside)
+    steps = [f"properties:train:{c}" for c in spec["train_properties"]]
+    out = _run([CHECKS, release, SCHEMA, *steps], tmp_path)
+    assert [line for line in out.splitlines() if line.startswith("OK ")] == [f"OK {s}" for s in steps]
+
+    # 6. monai.bundle download of the zip (file:// URL) + monai.bundle.load: every tensor of network_def loaded
+    zips = glob.glob(os.path.join(tmp_path, "dist", f"{bundle}_v*.zip"))
+    assert len(zips) == 1
+    dl = tmp_path / "downloads"
+    _run(["-m", "monai.bundle", "download", "--name", bundle, "--bundle_dir", dl, "--url", f"file://{zips[0]}"],
+         tmp_path)
+    assert os.path.isfile(dl / bundle / "configs" / "metadata.json")
+    out = _run([CHECKS, dl / bundle, SCHEMA, "import", f"load:{bundle}:{dl}"], tmp_path)
+    assert f"OK load:{bundle}:{dl}" in out
