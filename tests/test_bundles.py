@@ -65,10 +65,12 @@ def test_configs_parse(path):
 
     parser = ConfigParser()
     name = os.path.basename(path)
-    # an override file (multi_gpu_train.json) is only meaningful on top of train.json, as it is run
-    parser.read_config([os.path.join(os.path.dirname(path), "train.json"), path] if name.startswith("multi_gpu") else path)
-    if name == "metadata.json":
+    if name.startswith("metadata"):  # metadata_3d.json: an override of metadata.json (checked in test_zoo_pack)
         return
+    # an override file is only meaningful on top of its base, as it is run: multi_gpu_train.json on train.json,
+    # inference_3d.json on inference.json
+    base = {"multi_gpu_train.json": "train.json", "inference_3d.json": "inference.json"}.get(name)
+    parser.read_config([os.path.join(os.path.dirname(path), base), path] if base else path)
     parser["bundle_root"] = os.path.join(BUNDLES, os.path.basename(os.path.dirname(os.path.dirname(path))))
     parser.parse()
     if "network_def" in parser:

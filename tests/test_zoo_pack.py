@@ -151,3 +151,96 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
     assert os.path.isfile(dl / bundle / "configs" / "metadata.json")
     out = _run([CHECKS, dl / bundle, SCHEMA, "import", f"load:{bundle}:{dl}"], tmp_path)
     assert f"OK load:{bundle}:{dl}" in out
+
+
+def _repo_copy(where) -> str:
+    """The parts of the repository the documented commands use, copied to ``where`` (so that ``dist/`` and the
+    bundles' ``models/`` of the test never touch the developer's tree)."""
+    root = os.path.join(str(where), "medmae")
+    ignore = shutil.ignore_patterns("__pycache__", "data", "models", "eval", "logs", "cache")
+    for part in ("medmae_ext", "scripts", "bundles"):
+        shutil.copytree(os.path.join(REPO, part), os.path.join(root, part), ignore=ignore)
+    shutil.copy2(os.path.join(REPO, "README.md"), root)
+    return root
+
+
+def _place_weights(root: str, bundle: str, config: str) -> None:
+    """``models/[3d/]model.pt`` of ``config``'s network as initialised, with the metadata.json a finished run on the
+    synthetic default writes (``trained_on``: synthetic): what a training run leaves, in a second."""
+    from monai.bundle import ConfigParser
+
+    from medmae_ext.metadata import write_run_metadata
+
+    p = ConfigParser()
+    p.read_config(os.path.join(root, "bundles", bundle, "configs", config))
+    p.read_meta(os.path.join(root, "bundles", bundle, "configs", "metadata.json"))
+    p["bundle_root"] = os.path.join(root, "bundles", bundle)
+    ckpt_dir = p.get_parsed_content("ckpt_dir")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(p.get_parsed_content("network_def").state_dict(), os.path.join(ckpt_dir, "model.pt"))
+    size = p.get_parsed_content("img_size" if "img_size" in p else "roi_size")
+    classes = p.get_parsed_content("class_names") if "class_names" in p else None
+    overrides = p.get_parsed_content("run_metadata_overrides") if "run_metadata_overrides" in p else None
+    write_run_metadata(p.get_parsed_content("_meta_"), os.path.join(ckpt_dir, "metadata.json"),
+                       p.get_parsed_content("in_channels"), size, classes, trained_on="synthetic", overrides=overrides)
+
+
+def _readme_block(root: str, heading: str, readme: str = "README.md") -> str:
+    return _run([os.path.join(REPO, "scripts", "readme_commands.py"), heading, "--readme", readme, "--cwd", root],
+                REPO, timeout=900)
+
+
+def test_readme_release_commands_as_written(tmp_path):
+    """README "Model-zoo release": pack vit_classification with a finished run's weights, run it from inside."""
+    root = _repo_copy(tmp_path)
+    _place_weights(root, "vit_classification", "train.json")
+    _readme_block(root, "## Model-zoo release")
+    packed = os.path.join(root, "dist", "vit_classification")
+    meta = json.load(open(os.path.join(packed, "configs", "metadata.json")))
+    assert os.path.isfile(os.path.join(root, "dist", f"vit_classification_v{meta['version']}.zip"))
+    assert os.path.isfile(os.path.join(packed, "medmae_ext", "__init__.py"))
+    csvs = glob.glob(os.path.join(packed, "eval", "**", "*.csv"), recursive=True)
+    assert csvs and not glob.glob(os.path.join(root, "bundles", "vit_classification", "eval", "**", "*.csv"),
+                                  recursive=True), "outputs belong to the packed bundle it was run from"
+
+
+def test_pack_refuses_weights_of_other_data_without_a_data_license(tmp_path):
+    root = _repo_copy(tmp_path)
+    _place_weights(root, "vit_classification", "train.json")
+    models = os.path.join(root, "bundles", "vit_classification", "models")
+    meta = json.load(open(os.path.join(models, "metadata.json")))
+    meta["trained_on"] = "chestxray14:/data/cxr14/Data_Entry_2017.csv"
+    json.dump(meta, open(os.path.join(models, "metadata.json"), "w"))
+    r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist"],
+                       cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "chestxray14:/data/cxr14" in r.stderr and "--data_license" in r.stderr
+    lic = tmp_path / "cxr14_license.txt"
+    lic.write_text("ChestX-ray14: NIH Clinical Center, CC0.\n")
+    _run(["scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist", "--data_license", lic], root)
+    assert "ChestX-ray14: NIH" in open(os.path.join(root, "dist", "vit_classification", "docs", "data_license.txt")).read()
+    os.remove(os.path.join(models, "metadata.json"))  # weights whose run never finished: refused, named
+    r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist"],
+                       cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "metadata.json is missing" in r.stderr
+
+
+@pytest.mark.parametrize("bundle", ["mae_pretrain", "msmae_pretrain"])
+def test_pretraining_inference_commands_as_written(bundle, tmp_path):
+    """The bundle README's inference block (2D and 3D): embeddings for every input, one reconstruction each."""
+    root = _repo_copy(tmp_path)
+    _place_weights(root, bundle, "train.json")
+    _place_weights(root, bundle, "train_3d.json")
+    _readme_block(root, "## Inference: embeddings", f"bundles/{bundle}/docs/README.md")
+    b = os.path.join(root, "bundles", bundle)
+    for sub, ext, hidden, images in (("inference", "png", 192, "data/synthetic_2d/images/*.png"),
+                                     (os.path.join("3d", "inference"), "nii.gz", 96,
+                                      "data/synthetic_3d/imagesTr/*.nii.gz")):
+        out = os.path.join(b, "eval", sub)
+        inputs = sorted(glob.glob(os.path.join(b, images)))
+        rows = open(os.path.join(out, "embeddings.csv")).read().splitlines()
+        assert len(rows) == 1 + len(inputs) and len(rows[1].split(",")) == 1 + hidden
+        assert sorted(os.path.join(root, r.split(",")[0]) for r in rows[1:]) == inputs  # as given: relative to cwd
+        assert len(glob.glob(os.path.join(out, f"*_recon.{ext}"))) == len(inputs)
+        if bundle == "msmae_pretrain" and ext == "nii.gz":
+            assert len(glob.glob(os.path.join(out, "*_attention.nii.gz"))) == len(inputs)
