@@ -70,4 +70,4 @@ from . import errors  # noqa: E402
 
 errors.install_excepthook()
 
-from . import attention, checkpoints, checks, data, dicom_seg, distributed, engines, export, guards, imbalance, runlock, handlers, losses, masking, metadata, networks, optim, pictures, pretrain_outputs, reports, runtime, transforms, workflow  # noqa: E402,F401
+from . import attention, checkpoints, checks, data, dicom_seg, distributed, engines, export, guards, imbalance, runlock, handlers, losses, masking, metadata, networks, optim, pictures, pretrain_outputs, reports, runtime, serving, transforms, workflow  # noqa: E402,F401

@@ -352,6 +352,7 @@ class BestModelSaver:
         self.filename = filename
         self._engine: Engine | None = None
         self._restored: dict | None = None
+        self.paused = False  # set by serving.ServedModelBaseline while it validates the served model
 
     def attach(self, engine: Engine) -> None:
         self._disk = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
@@ -381,6 +382,8 @@ class BestModelSaver:
     def __call__(self, engine: Engine) -> None:
         import ignite.distributed as idist
 
+        if self.paused:
+            return
         name = engine.state.key_metric_name
         value = engine.state.metrics.get(name, float("nan"))
         if not math.isfinite(float(value)):

@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 _WHAT = {
     "warmup_epochs": "the learning rate is still warming up when the run ends (the cosine decay never happens)",
-    "val_interval": "no validation runs, so the best-model models/model.pt is never written",
+    "val_interval": "the model is validated only once, at the end of the run (serving.EndOfRunValidation), so "
+                    "models/model.pt is the final model, never an earlier, better one",
 }
 
 

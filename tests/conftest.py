@@ -74,13 +74,14 @@ def initial_weights(tmp_path_factory, bundle: str, config: str) -> str:
 
 
 class captured_warnings:
-    """Collect the WARNING+ messages of one logger (a bundle's logging.conf replaces pytest's own log capture)."""
+    """Collect the WARNING+ (or ``level``+) messages of one logger (a bundle's logging.conf replaces pytest's own
+    log capture)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, level: int | None = None):
         import logging
 
         self.logger, self.messages = logging.getLogger(name), []
-        self.handler = logging.Handler(logging.WARNING)
+        self.handler = logging.Handler(logging.WARNING if level is None else level)
         self.handler.emit = lambda record: self.messages.append(record.getMessage())
 
     def __enter__(self):

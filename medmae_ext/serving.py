@@ -1,0 +1,123 @@
+"""The served ``models/model.pt`` across training runs (MONAI Label trains in the bundle it serves from).
+
+Within one run, :class:`~medmae_ext.checkpoints.BestModelSaver` writes ``model.pt`` when the validation metric
+improves, and a resumed run continues from the best metric stored in its checkpoint. Two things are left for a
+bundle that is trained again and again in place (each MONAI Label ``/train`` is a new run over the same folder):
+
+* :class:`ServedModelBaseline`: a run that did not resume, in a folder that already serves a ``model.pt``,
+  validates that model first on *this run's* validation data; its metric is the one to beat, so the served model is
+  replaced only by a better one (never silently by a worse one; both numbers are logged). The comparison is on the
+  same data, which a number stored from an earlier run with another validation split would not be.
+* :class:`EndOfRunValidation`: a run whose last epoch is not a multiple of ``val_interval`` (a 1-epoch MONAI Label
+  session with ``val_interval`` 2) validates once more at the end, so its last weights compete too; and a run that
+  ends with no ``model.pt`` at all (no finite validation metric) writes its final weights with a WARNING, so that a
+  trained bundle always has a model to serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+
+import torch
+from ignite.engine import Engine, Events
+
+from .checkpoints import _unwrap
+from .networks.weights import read_state_dict
+
+__all__ = ["ServedModelBaseline", "EndOfRunValidation", "under_monai_label"]
+
+logger = logging.getLogger(__name__)
+
+
+def under_monai_label() -> bool:
+    """True when this process runs a MONAI Label training task: MONAI Label trains in-process (``monailabel`` is
+    imported), or, on several GPUs, under torchrun with the ``configs/monailabel_train.json`` it writes."""
+    if "monailabel" in sys.modules:
+        return True
+    return any(str(a).replace("\\", "/").find("configs/monailabel_train.json") >= 0 for a in sys.argv)
+
+
+class ServedModelBaseline:
+    """Attach to the trainer, after the checkpoint loaders. At ``STARTED``, unless the run resumed from a checkpoint
+    (``resumed_from``) or is disabled: if ``save_dir/filename`` exists, load it (strictly) into ``network``, run
+    ``validator`` once, make its key metric the evaluator's best (epoch 0 = "the served model"), then put the run's
+    own starting weights back. ``best_model_saver`` is paused meanwhile (it must not rewrite the served file)."""
+
+    def __init__(self, validator, network, best_model_saver, save_dir: str, filename: str = "model.pt",
+                 resumed_from: str | None = None, enabled: bool = True) -> None:
+        self.validator = validator
+        self.network = network
+        self.best_model_saver = best_model_saver
+        self.path = os.path.join(save_dir, filename)
+        self.resumed_from = resumed_from
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled or self.resumed_from or not os.path.isfile(self.path):
+            return
+        net = _unwrap(self.network)
+        start = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        served = read_state_dict(self.path)
+        try:
+            net.load_state_dict(served)
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"{self.path} (the model this bundle serves) does not fit this run's network, so a new model could not "
+                f"be compared with it: {str(e).splitlines()[0]} Move it aside, or train with the settings it was "
+                "trained with."
+            ) from e
+        self.best_model_saver.paused = True
+        try:
+            self.validator.run(1)
+        finally:
+            self.best_model_saver.paused = False
+            net.load_state_dict(start)
+        st = self.validator.state
+        name = st.key_metric_name
+        value = float(st.metrics.get(name, float("nan")))
+        st.best_metric = value if math.isfinite(value) else -1.0
+        st.best_metric_epoch = 0 if math.isfinite(value) else -1
+        logger.info(
+            f"served model {self.path}: validation {name}={value:.4f} on this run's validation data; "
+            + ("it is replaced only by a better model" if math.isfinite(value) else
+               "not finite, so the first finite validation of this run replaces it")
+        )
+
+
+class EndOfRunValidation:
+    """Attach to the trainer. At ``COMPLETED``: validate once more when the last epoch was not validated
+    (``epoch % interval``), then, if ``save_dir/filename`` still does not exist, write ``network``'s final weights
+    there (atomically, first process only) with a WARNING."""
+
+    def __init__(self, validator, interval: int, network, save_dir: str, filename: str = "model.pt") -> None:
+        self.validator = validator
+        self.interval = max(1, int(interval))
+        self.network = network
+        self.save_dir = save_dir
+        self.filename = filename
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import ignite.distributed as idist
+        from ignite.handlers import DiskSaver
+
+        if engine.state.epoch % self.interval:
+            logger.info(f"epoch {engine.state.epoch} is the last and was not validated (val_interval "
+                        f"{self.interval}): validating it so that it can become {self.filename}")
+            self.validator.run(engine.state.epoch)
+        path = os.path.join(self.save_dir, self.filename)
+        if not os.path.isfile(path):
+            if idist.get_rank() == 0:
+                logger.warning(f"no validation gave a finite metric, so no best model was chosen: {path} holds the "
+                               "final weights of this run")
+            DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)(
+                _unwrap(self.network).state_dict(), self.filename)
