@@ -33,11 +33,16 @@ logger = logging.getLogger(__name__)
 
 
 def under_monai_label() -> bool:
-    """True when this process runs a MONAI Label training task: MONAI Label trains in-process (``monailabel`` is
-    imported), or, on several GPUs, under torchrun with the ``configs/monailabel_train.json`` it writes."""
-    if "monailabel" in sys.modules:
-        return True
-    return any(str(a).replace("\\", "/").find("configs/monailabel_train.json") >= 0 for a in sys.argv)
+    """True when the bundle is being run by a MONAI Label task: called from MONAI Label's code (it trains in-process
+    on one GPU: a ``monailabel.*`` frame is on the call stack), or, on several GPUs, under torchrun with the
+    ``configs/monailabel_train.json`` it writes. Having imported ``monailabel`` is not enough (a test session or a
+    notebook may have, and then train the bundle itself)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("monailabel."):
+            return True
+        frame = frame.f_back
+    return any("configs/monailabel_train.json" in str(a).replace("\\", "/") for a in sys.argv)
 
 
 class ServedModelBaseline:

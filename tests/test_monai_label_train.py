@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, captured_warnings
+from conftest import REPO, captured_warnings, initial_weights
 
 B = "unetr_segmentation"
 
@@ -55,12 +55,21 @@ def _train(bundle, ds, **request):
     return task({"model": B, "device": "cpu", "multi_gpu": False, "val_split": 0.5, **request}, ds)
 
 
-def test_monai_label_trains_the_packed_bundle_twice(monai_label_app):
+def test_monai_label_trains_the_packed_bundle_twice(monai_label_app, tmp_path_factory):
+    from monailabel.tasks.train.bundle import BundleTrainTask
+
+    from medmae_ext.serving import under_monai_label
+
+    assert not under_monai_label(), "importing monailabel is not running under it"
     bundle, ds = monai_label_app
+    # MONAI Label's train options show the bundle's displayable_configs: the pretrained encoder is one of them
+    assert BundleTrainTask(bundle, conf={}).config()["pretrained_ckpt"] == "auto"
+    encoder = initial_weights(tmp_path_factory, "mae_pretrain", "train_3d.json")
     models = os.path.join(bundle, "models")
     # session 1: one epoch, shorter than val_interval (5): model.pt is still written (validated at the end)
     with captured_warnings("medmae_ext", logging.INFO) as said:
-        _train(bundle, ds, max_epochs=1, pretrained=True)  # (no model.pt yet: nothing to load; MONAI Label 0.8.5 fails on pretrained=False)
+        # (no model.pt yet: nothing to load; MONAI Label 0.8.5 fails on pretrained=False)
+        _train(bundle, ds, max_epochs=1, pretrained=True, pretrained_ckpt=encoder)
     assert os.path.isfile(os.path.join(models, "model.pt"))
     assert any("validating it so that it can become model.pt" in m for m in said)
     # resume state lives out of models/, where MONAI Label lists every *.pt as a model to load
@@ -70,13 +79,14 @@ def test_monai_label_trains_the_packed_bundle_twice(monai_label_app):
     # the schedule and the run identity follow MONAI Label's train#trainer#max_epochs (1), not the config's epochs
     iters = ck["trainer"]["iteration"]
     assert ck["lr_scheduler"]["t_total"] == iters and ck["run"]["epochs"] == 1
+    assert ck["run"]["init"].startswith(f"encoder of {encoder}")  # the displayable pretrained_ckpt was used
     served = torch.load(os.path.join(models, "model.pt"), weights_only=True)
 
     # session 2, same folder, 2 epochs, starting from the served model (MONAI Label's CheckpointLoader): a fresh run,
     # not a resume of session 1 ("Epoch count ... larger than max_epochs" before); the served model is validated on
     # this session's validation data first, and replaced only if an epoch beats it
     with captured_warnings("medmae_ext", logging.INFO) as said:
-        _train(bundle, ds, max_epochs=2, pretrained=True)
+        _train(bundle, ds, max_epochs=2, pretrained=True, pretrained_ckpt="auto")
     text = "\n".join(said)
     assert "resuming from" not in text
     baseline = [ln for ln in text.splitlines() if "served model" in ln and "val_mean_dice=" in ln]

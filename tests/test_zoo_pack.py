@@ -111,7 +111,8 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
         download_large_files(bundle_path=tampered)
 
     # 3. MONAI's checks in a fresh interpreter that sees only the bundle's medmae_ext
-    steps = ["import", "metadata", "net_in_out", "export"] + [f"properties:{k}:{c}" for k, c in spec["properties"]]
+    steps = (["import", "metadata", "net_in_out", "export"] + [f"properties:{k}:{c}" for k, c in spec["properties"]]
+             + [f"properties:train:{c}" for c in spec["train_properties"]])
     out = _run([CHECKS, release, SCHEMA, *steps], tmp_path)
     assert [line for line in out.splitlines() if line.startswith("OK ")] == [f"OK {s}" for s in steps]
 
@@ -124,11 +125,6 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
         assert len(rows) == 4 and rows[0].startswith("image,f0,") and len(rows[1].split(",")) == 1 + 192
         assert sorted(os.listdir(res)) == ["cxr_0000_recon.png", "cxr_0001_recon.png", "cxr_0002_recon.png",
                                            "embeddings.csv"]
-        _run(["-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/inference_3d.json']",
-              "--input_glob", "ct_000.nii.gz"], release)
-        res3 = sorted(os.listdir(os.path.join(release, "eval", "3d", "inference")))
-        assert res3 == sorted(["ct_000_recon.nii.gz", "embeddings.csv"]
-                              + (["ct_000_attention.nii.gz"] if bundle == "msmae_pretrain" else []))
     elif bundle == "vit_classification":
         _run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json"], release)
         assert glob.glob(os.path.join(release, "eval", "**", "*.csv"), recursive=True)
@@ -137,12 +133,9 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
              release)
         assert glob.glob(os.path.join(release, "eval", "**", "*.nii.gz"), recursive=True)
 
-    # 5. every training config's properties (last: a training run in the bundle sets the shipped model.pt aside)
-    steps = [f"properties:train:{c}" for c in spec["train_properties"]]
-    out = _run([CHECKS, release, SCHEMA, *steps], tmp_path)
-    assert [line for line in out.splitlines() if line.startswith("OK ")] == [f"OK {s}" for s in steps]
+    assert os.path.isfile(os.path.join(release, "models", "model.pt")), "the checks left the shipped model in place"
 
-    # 6. monai.bundle download of the zip (file:// URL) + monai.bundle.load: every tensor of network_def loaded
+    # 5. monai.bundle download of the zip (file:// URL) + monai.bundle.load: every tensor of network_def loaded
     zips = glob.glob(os.path.join(tmp_path, "dist", f"{bundle}_v*.zip"))
     assert len(zips) == 1
     dl = tmp_path / "downloads"

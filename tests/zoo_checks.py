@@ -98,8 +98,10 @@ def step_export() -> None:
 def step_properties(kind: str, spec: str) -> None:
     from monai.bundle import ConfigWorkflow
 
+    # a training config's resume logic would set the shipped models/model.pt aside: its outputs go elsewhere here
+    extra = {"ckpt_dir": os.path.join(ROOT, "..", f"{os.path.basename(ROOT)}_train_check")} if kind == "train" else {}
     wf = ConfigWorkflow(config_file=_configs(spec), meta_file=_meta(spec), logging_file=False, workflow_type=kind,
-                        bundle_root=ROOT)
+                        bundle_root=ROOT, **extra)
     wf.initialize()
     missing = wf.check_properties()
     assert missing == [], f"{spec}: MONAI properties missing or wrong: {missing}"
