@@ -125,6 +125,13 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
         assert len(rows) == 4 and rows[0].startswith("image,f0,") and len(rows[1].split(",")) == 1 + 192
         assert sorted(os.listdir(res)) == ["cxr_0000_recon.png", "cxr_0001_recon.png", "cxr_0002_recon.png",
                                            "embeddings.csv"]
+        # the documented overrides: CLS pooling, embeddings only
+        _run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input_glob", "cxr_0000.png",
+              "--pooling", "cls", "--reconstructions", "False", "--output_dir", "eval/cls"], release)
+        assert os.listdir(os.path.join(release, "eval", "cls")) == ["embeddings.csv"]
+        cls_row = open(os.path.join(release, "eval", "cls", "embeddings.csv")).read().splitlines()[1].split(",")
+        mean_row = rows[1].split(",")
+        assert cls_row[0] == mean_row[0] and cls_row[1:] != mean_row[1:]
     elif bundle == "vit_classification":
         _run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json"], release)
         assert glob.glob(os.path.join(release, "eval", "**", "*.csv"), recursive=True)
