@@ -91,16 +91,3 @@ class captured_warnings:
     def __exit__(self, *exc):
         self.logger.removeHandler(self.handler)
 
-
-# The longest tests first (each 1-4 minutes): with `pytest -n 2` they then start at once on both workers and the
-# many short ones fill in around them, instead of one worker running a 3-minute test alone at the end.
-_LONG_FIRST = ("test_walkthrough.py", "test_zoo_pack.py", "test_msmae.py::test_learned_attention_masks_the_lesion",
-               "test_compare.py", "test_monai_label_train.py", "test_distributed.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        where = item.nodeid.split("/")[-1]
-        return next((i for i, name in enumerate(_LONG_FIRST) if where.startswith(name)), len(_LONG_FIRST))
-
-    items.sort(key=rank)  # stable: the order within each group is kept
