@@ -19,8 +19,8 @@ __all__ = ["run_metadata", "write_run_metadata"]
 def run_metadata(meta: dict, in_channels: int, img_size, class_names=None, output_type: str | None = None,
                  trained_on: str | None = None, overrides: dict | None = None) -> dict:
     """A copy of ``meta`` whose ``network_data_format`` has the run's input channels and size, output classes
-    (channel names) and output type. ``overrides``: MONAI-style ``"a#b#c": value`` pairs applied first (the 3D
-    configs pass ``configs/metadata_3d.json``). ``trained_on`` (``"synthetic"`` or ``"<data_format>:<path>"``) is
+    (channel names) and output type. ``overrides``: MONAI-style ``"a#b#c": value`` pairs applied first (the
+    pretraining configs' ``run_metadata_overrides``: embedding size, and the 3D input of ``train_3d.json``). ``trained_on`` (``"synthetic"`` or ``"<data_format>:<path>"``) is
     recorded under ``trained_on``: ``scripts/pack_bundle.py`` states the weights' data licence from it."""
     m = copy.deepcopy(dict(meta))
     m.pop("_meta_", None)
@@ -56,15 +56,12 @@ def run_metadata(meta: dict, in_channels: int, img_size, class_names=None, outpu
 
 def write_run_metadata(meta: dict, path: str, in_channels: int, img_size, class_names=None,
                        output_type: str | None = None, trained_on: str | None = None,
-                       overrides: dict | str | None = None) -> str | None:
+                       overrides: dict | None = None) -> str | None:
     """Write :func:`run_metadata` to ``path`` atomically (first process only, under DDP); returns ``path``."""
     import ignite.distributed as idist
 
     if idist.get_rank() != 0:
         return None
-    if isinstance(overrides, str):
-        with open(overrides) as f:
-            overrides = json.load(f)
     m = run_metadata(meta, in_channels, img_size, class_names, output_type, trained_on, overrides)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:

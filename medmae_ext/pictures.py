@@ -151,6 +151,29 @@ def _with_header(panel: np.ndarray, labels: list[str], scale: int) -> np.ndarray
     return np.asarray(out)
 
 
+@torch.no_grad()
+def seeded_reconstruction(net: torch.nn.Module, image: torch.Tensor, seed: int, with_attention: bool = False):
+    """``net`` (a :class:`~medmae_ext.networks.MaskedAutoencoder`) on ``image`` in eval mode, its mask drawn under
+    ``seed`` without touching the global RNG: the same images and seed give the same mask. ``with_attention``
+    (MSMAE): the mask is drawn from the encoder's CLS attention, as in training. Returns ``(output dict, dense
+    prediction [B, N, P], attention [B, N] or None)``; the network's train/eval mode is restored."""
+    was_training = net.training
+    net.eval()
+    try:
+        attention = net.encoder.cls_attention(image) if with_attention else None
+        with torch.random.fork_rng(devices=[image.device] if image.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out = net(image, attention)
+    finally:
+        net.train(was_training)
+    return out, net.dense_prediction(out), attention
+
+
+def panel_labels(attention) -> list[str]:
+    """Column labels of :func:`reconstruction_panel`."""
+    return ["input", "masked / thrown", "reconstruction"] + (["attention"] if attention is not None else [])
+
+
 class ReconstructionSaver:
     """Every ``interval`` epochs, reconstruct the fixed images of ``dataset`` (items with an ``image`` tensor of the
     network's input size, un-augmented) with the network being trained, in eval mode, with the same masking draw
@@ -188,27 +211,15 @@ class ReconstructionSaver:
             self._images = torch.stack([torch.as_tensor(self.dataset[i][self.image_key]).float() for i in range(n)])
         return self._images
 
-    @torch.no_grad()
     def picture(self, network: torch.nn.Module, device) -> tuple[np.ndarray, list[str]]:
         """The labelled RGB picture of the fixed images under ``network``, and its column labels."""
         net = _unwrap(network)
         image = self.images().to(device)
-        was_training = net.training
-        net.eval()
-        try:
-            attention = None
-            if self.attention_cache is not None and len(self.attention_cache):
-                attention = net.encoder.cls_attention(image)
-            with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
-                torch.manual_seed(self.seed)
-                out = net(image, attention)
-        finally:
-            net.train(was_training)
-        thrown = out.get("thrown")
-        panel = reconstruction_panel(image, net.dense_prediction(out), out["mask"], thrown, net.patch_size,
-                                     self.norm_pix, attention)
-        labels = ["input", "masked / thrown", "reconstruction"] + (["attention"] if attention is not None else [])
-        return panel, labels
+        with_attention = self.attention_cache is not None and len(self.attention_cache) > 0
+        out, dense, attention = seeded_reconstruction(net, image, self.seed, with_attention)
+        panel = reconstruction_panel(image, dense, out["mask"], out.get("thrown"), net.patch_size, self.norm_pix,
+                                     attention)
+        return panel, panel_labels(attention)
 
     def __call__(self, engine: Engine) -> str:
         from PIL import Image

@@ -27,7 +27,9 @@ from ignite.engine import Engine, Events
 from monai.data import decollate_batch
 from monai.utils import CommonKeys
 
-from .pictures import _with_header, patch_values_to_voxels, reconstruct, reconstruction_panel
+from .pictures import (
+    _with_header, panel_labels, patch_values_to_voxels, reconstruct, reconstruction_panel, seeded_reconstruction,
+)
 
 __all__ = ["PretrainOutputWriter", "file_stem"]
 
@@ -99,21 +101,15 @@ class PretrainOutputWriter:
         from PIL import Image
 
         net = self.mae
-        net.eval()
         x = torch.as_tensor(images).to(device).float()
-        attn = net.encoder.cls_attention(x) if self.attention else None
-        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
-            torch.manual_seed(self.seed + iteration)
-            out = net(x, attn)
-        dense = net.dense_prediction(out)
+        out, dense, attn = seeded_reconstruction(net, x, self.seed + iteration, self.attention)
         if x.ndim == 4:
             for i, name in enumerate(names):
                 sl = slice(i, i + 1)
                 panel = reconstruction_panel(x[sl], dense[sl], out["mask"][sl],
                                              out["thrown"][sl] if out.get("thrown") is not None else None,
                                              net.patch_size, self.norm_pix, attn[sl] if attn is not None else None)
-                labels = ["input", "masked / thrown", "reconstruction"] + (["attention"] if attn is not None else [])
-                picture = _with_header(panel, labels, max(1, 256 // panel.shape[0]))
+                picture = _with_header(panel, panel_labels(attn), max(1, 256 // panel.shape[0]))
                 Image.fromarray(picture).save(os.path.join(self.output_dir, f"{file_stem(name)}_recon.png"))
             return
         import nibabel as nib
