@@ -45,6 +45,28 @@ def under_monai_label() -> bool:
     return any("configs/monailabel_train.json" in str(a).replace("\\", "/") for a in sys.argv)
 
 
+def monai_label_data_source(items) -> str:
+    """``trained_on`` of a run on MONAI Label's data (it replaces ``train#dataset#data`` with its datastore's labelled
+    images, whatever ``data_path`` says): ``"monailabel:<folder holding the training images>"``. Never
+    ``"synthetic"``: that word lets ``scripts/pack_bundle.py`` ship weights with the synthetic data's licence."""
+    images = [str(it["image"]) if isinstance(it, dict) else str(it) for it in items or []]
+    if not images:
+        raise ValueError("train#dataset#data is empty: MONAI Label sent no labelled images to train on")
+    paths = [os.path.abspath(p) for p in images]
+    return "monailabel:" + (os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]))
+
+
+def require_validation_items(items, monai_label: bool) -> None:
+    """Under MONAI Label, stop before training when its request gave no validation images (``val_split`` 0 sends an
+    empty list, a negative one would mean the bundle's own validation list, the synthetic default): the served
+    ``model.pt`` is replaced only by a model that validates better, which needs the session's own validation data."""
+    if monai_label and not items:
+        raise ValueError(
+            "validate#dataset#data is empty: MONAI Label's /train request gave no validation images. Send val_split > 0 "
+            "(e.g. 0.2): unetr_segmentation replaces the served models/model.pt only with a model that scores better "
+            "on the session's own validation images")
+
+
 class ServedModelBaseline:
     """Attach to the trainer, after the checkpoint loaders. At ``STARTED``, unless the run resumed from a checkpoint
     (``resumed_from``) or is disabled: if ``save_dir/filename`` exists, load it (strictly) into ``network``, run

@@ -1,102 +1,20 @@
-"""MONAI Label trains the packed unetr_segmentation bundle: MONAI Label 0.8.5's own ``BundleTrainTask`` over its own
-``LocalDatastore`` (labels saved through ``save_label``, what ``PUT /datastore/label`` calls), in-process, as the
-server's ``/train`` runs it, two sessions in a row in the same bundle folder.
-
-And the served-model rule on its own (``ServedModelBaseline`` + ``BestModelSaver``) with a network whose quality is
-known exactly, so that "a worse model never replaces the served one" is checked in both directions.
+"""The served-model rule of MONAI Label training on its own (``ServedModelBaseline`` + ``BestModelSaver``), with a
+network whose quality is known exactly, so that "a worse model never replaces the served one" is checked in both
+directions; and MONAI Label detection. MONAI Label's own ``/train`` on the packed bundle, over HTTP, is
+``tests/test_monai_label_server.py``.
 """
 
-import glob
-import logging
-import os
-import shutil
-import subprocess
-import sys
-
-import pytest
 import torch
-from conftest import REPO, captured_warnings, initial_weights
-
-B = "unetr_segmentation"
+import pytest
 
 
-@pytest.fixture
-def monai_label_app(tmp_path, synth3d):
-    """A MONAI Label app folder holding the packed bundle (no weights: MONAI Label trains it), and a datastore of
-    4 synthetic CT volumes whose labels were saved through the datastore API."""
-    from test_unetr_bundle import _placeholder_torchvision
-
-    _placeholder_torchvision()
-    from monailabel.datastore.local import LocalDatastore
-
-    r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", B, "--out", str(tmp_path / "dist"),
-                        "--zip", "False"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    bundle = tmp_path / "app" / "model" / B
-    shutil.copytree(tmp_path / "dist" / B, bundle)
-    studies = tmp_path / "studies"
-    os.makedirs(studies)
-    images = sorted(glob.glob(os.path.join(synth3d, "imagesTr", "*.nii.gz")))[:4]
-    for im in images:
-        shutil.copy(im, studies)
-    ds = LocalDatastore(str(studies), extensions=("*.nii.gz",))
-    for im in images:
-        name = os.path.basename(im)
-        ds.save_label(name.replace(".nii.gz", ""), os.path.join(synth3d, "labelsTr", name), "final", {})
-    assert len(ds.datalist()) == 4
-    return str(bundle), ds
-
-
-def _train(bundle, ds, **request):
-    from monailabel.tasks.train.bundle import BundleTrainTask
-
-    task = BundleTrainTask(bundle, conf={})
-    assert task.is_valid()
-    return task({"model": B, "device": "cpu", "multi_gpu": False, "val_split": 0.5, **request}, ds)
-
-
-def test_monai_label_trains_the_packed_bundle_twice(monai_label_app, tmp_path_factory):
-    from monailabel.tasks.train.bundle import BundleTrainTask
+def test_importing_monailabel_is_not_running_under_it():
+    import importlib
 
     from medmae_ext.serving import under_monai_label
 
+    importlib.import_module("monailabel.tasks.train.bundle")
     assert not under_monai_label(), "importing monailabel is not running under it"
-    bundle, ds = monai_label_app
-    # MONAI Label's train options show the bundle's displayable_configs: the pretrained encoder is one of them
-    assert BundleTrainTask(bundle, conf={}).config()["pretrained_ckpt"] == "auto"
-    encoder = initial_weights(tmp_path_factory, "mae_pretrain", "train_3d.json")
-    models = os.path.join(bundle, "models")
-    # session 1: one epoch, shorter than val_interval (5): model.pt is still written (validated at the end)
-    with captured_warnings("medmae_ext", logging.INFO) as said:
-        # (no model.pt yet: nothing to load; MONAI Label 0.8.5 fails on pretrained=False)
-        _train(bundle, ds, max_epochs=1, pretrained=True, pretrained_ckpt=encoder)
-    assert os.path.isfile(os.path.join(models, "model.pt"))
-    assert any("validating it so that it can become model.pt" in m for m in said)
-    # resume state lives out of models/, where MONAI Label lists every *.pt as a model to load
-    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(models, "*.pt"))) == ["model.pt"]
-    (ck_path,) = glob.glob(os.path.join(models, "monailabel", "checkpoint_*.pt"))
-    ck = torch.load(ck_path, weights_only=True)
-    # the schedule and the run identity follow MONAI Label's train#trainer#max_epochs (1), not the config's epochs
-    iters = ck["trainer"]["iteration"]
-    assert ck["lr_scheduler"]["t_total"] == iters and ck["run"]["epochs"] == 1
-    assert ck["run"]["init"].startswith(f"encoder of {encoder}")  # the displayable pretrained_ckpt was used
-    served = torch.load(os.path.join(models, "model.pt"), weights_only=True)
-
-    # session 2, same folder, 2 epochs, starting from the served model (MONAI Label's CheckpointLoader): a fresh run,
-    # not a resume of session 1 ("Epoch count ... larger than max_epochs" before); the served model is validated on
-    # this session's validation data first, and replaced only if an epoch beats it
-    with captured_warnings("medmae_ext", logging.INFO) as said:
-        _train(bundle, ds, max_epochs=2, pretrained=True, pretrained_ckpt="auto")
-    text = "\n".join(said)
-    assert "resuming from" not in text
-    baseline = [ln for ln in text.splitlines() if "served model" in ln and "val_mean_dice=" in ln]
-    assert baseline, text[-3000:]
-    served_dice = float(baseline[0].split("val_mean_dice=")[1].split()[0].rstrip(";"))
-    after = torch.load(os.path.join(models, "model.pt"), weights_only=True)
-    replaced = any(not torch.equal(after[k], served[k]) for k in served)
-    improved = "new best val_mean_dice" in text
-    assert replaced == improved, f"served {served_dice}: model.pt replaced={replaced}, a better epoch={improved}"
-    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(models, "*.pt"))) == ["model.pt"]
 
 
 def test_served_model_is_replaced_only_by_a_better_one(tmp_path):

@@ -157,7 +157,12 @@ def _repo_copy(where) -> str:
     """The parts of the repository the documented commands use, copied to ``where`` (so that ``dist/`` and the
     bundles' ``models/`` of the test never touch the developer's tree)."""
     root = os.path.join(str(where), "medmae")
-    ignore = shutil.ignore_patterns("__pycache__", "data", "models", "eval", "logs", "cache")
+    outputs = {"data", "models", "eval", "logs", "cache"}  # a bundle's run outputs (medmae_ext/data is code)
+
+    def ignore(folder, names):
+        top = os.path.dirname(os.path.abspath(folder)) == os.path.join(REPO, "bundles")
+        return {n for n in names if n == "__pycache__" or (top and n in outputs)}
+
     for part in ("medmae_ext", "scripts", "bundles"):
         shutil.copytree(os.path.join(REPO, part), os.path.join(root, part), ignore=ignore)
     shutil.copy2(os.path.join(REPO, "README.md"), root)

@@ -1,0 +1,234 @@
+"""A real MONAI Label 0.8.5 server (the monaibundle sample app of its wheel) holding the packed unetr_segmentation
+bundle, started with the unetr README's commands exactly as written and called over HTTP as 3D Slicer's MONAI Label
+plugin calls it: /info, PUT /datastore/label, /train, /infer, across a restart.
+
+The server runs in its own environment (README "MONAI Label server": pydicom 2 / numpy 1, which this project's
+environment cannot hold). This test skips where that environment is absent, and fails instead when
+``MEDMAE_REQUIRE_MONAILABEL_SERVER=1`` (``.ci/run``).
+"""
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, initial_weights
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from readme_commands import readme_commands  # noqa: E402
+
+B = "unetr_segmentation"
+README = f"bundles/{B}/docs/README.md"
+ENV = os.environ.get("MEDMAE_MONAILABEL_ENV", os.path.join(REPO, ".venv-monailabel"))
+BASE = "http://127.0.0.1:8000"
+
+
+@pytest.fixture(scope="module")
+def server_python():
+    """The MONAI Label environment's interpreter (README "MONAI Label server environment")."""
+    py = os.path.join(ENV, "bin", "python")
+    ok = os.path.isfile(py) and subprocess.run([py, "-c", "import monailabel.main, torchvision, pydicom_seg"],
+                                               capture_output=True, timeout=300).returncode == 0
+    if not ok:
+        why = (f"no MONAI Label server environment at {ENV} (unetr README, 'MONAI Label server environment'; "
+               "MEDMAE_MONAILABEL_ENV names another folder)")
+        if os.environ.get("MEDMAE_REQUIRE_MONAILABEL_SERVER") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return py
+
+
+def _get(path):
+    with urllib.request.urlopen(BASE + path, timeout=60) as r:
+        return json.load(r)
+
+
+def _multipart(field, filename, payload):
+    boundary = "medmae-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def _request(method, path, body=None, headers=None, timeout=60):
+    req = urllib.request.Request(BASE + path, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{method} {path}: HTTP {e.code} {e.read()[-2000:]!r}") from None
+
+
+def _train(**request):
+    """POST /train/<model> as 3D Slicer's MONAI Label module sends it (``getParamsFromConfig``: every train option
+    /info lists, a list option as its first entry; ``run_id`` "" included), with ``request`` set in its options table."""
+    options = _get("/info/")["trainers"][B]["config"]
+    params = {k: v[0] if isinstance(v, list) else v for k, v in options.items()}
+    params.update(request)
+    _request("POST", f"/train/{B}?run_sync=true", json.dumps(params).encode(),
+             {"Content-Type": "application/json"}, timeout=900)
+
+
+def _infer(image, out):
+    with open(out, "wb") as f:
+        f.write(_request("POST", f"/infer/{B}?image={image}&output=image", timeout=600))
+    return np.asarray(nib.load(out).dataobj)
+
+
+@contextlib.contextmanager
+def _server(command, cwd, log):
+    """Start the README's command (in its own process group), wait for /info, stop it at the end."""
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", 8000)) != 0, "port 8000 is taken: the README's server cannot start"
+    with open(log, "a") as out:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                _get("/info/")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                assert proc.poll() is None and time.time() < deadline, f"server did not start:\n{_tail(log)}"
+                time.sleep(1)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_for(log, text, seconds=30):
+    """The server may log an error after it has answered: wait for ``text`` in its log."""
+    deadline = time.time() + seconds
+    while text not in open(log).read():
+        assert time.time() < deadline, f"{text!r} not in the server log:\n{_tail(log)}"
+        time.sleep(0.5)
+
+
+def _tail(log, n=4000):
+    return open(log).read()[-n:]
+
+
+def _bundle_inference(py, bundle, image, out_dir):
+    """The packed bundle's own inference.json on one image, in the server environment, with bundle's model.pt."""
+    src = os.path.join(out_dir, "in")
+    os.makedirs(src)
+    shutil.copy(image, src)
+    r = subprocess.run([py, "-m", "monai.bundle", "run", "--config_file", os.path.join(bundle, "configs", "inference.json"),
+                        "--input_dir", src, "--output_dir", out_dir], cwd=bundle, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (seg,) = glob.glob(os.path.join(out_dir, "*_seg.nii.gz"))
+    return np.asarray(nib.load(seg).dataobj)
+
+
+def test_monai_label_server_over_http(server_python, synth3d, tmp_path, tmp_path_factory):
+    from test_zoo_pack import _place_weights, _repo_copy
+
+    work = tmp_path / "root"
+    os.makedirs(work / "studies")
+    os.symlink(os.path.abspath(ENV), work / ".venv-monailabel")
+    # the released bundle: packed with the weights of a run (here the network as initialised, seed 0) and their
+    # metadata.json; MONAI Label serves, and Slicer can train, only a bundle that has models/model.pt
+    repo = _repo_copy(tmp_path)
+    _place_weights(repo, B, "train.json")
+    r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", B, "--out", str(work / "dist"),
+                        "--models_dir", f"bundles/{B}/models", "--zip", "False"], cwd=repo, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    images = sorted(glob.glob(os.path.join(synth3d, "imagesTr", "*.nii.gz")))[:4]
+    for im in images:
+        shutil.copy(im, work / "studies")
+    copy_app, start = readme_commands("#### Start the server", README)
+    assert start.startswith(". .venv-monailabel/bin/activate && monailabel start_server") and "--port 8000" in start
+    subprocess.run(["bash", "-c", copy_app], cwd=work, check=True)
+    bundle = str(work / "mlapp" / "model" / B)
+    models = os.path.join(bundle, "models")
+    served0 = open(os.path.join(models, "model.pt"), "rb").read()
+    log = str(tmp_path / "server.log")
+    image = str(work / "studies" / os.path.basename(images[0]))
+    name0 = os.path.basename(image).replace(".nii.gz", "")
+
+    with _server(start, work, log):
+        info = _get("/info/")
+        assert list(info["models"]) == [B] and info["labels"] == ["liver", "spleen", "kidney", "aorta"], info
+        options = info["trainers"][B]["config"]
+        # the bundle's displayable config is a train option; model.pt is the model MONAI Label loads to train on
+        assert options["pretrained_ckpt"] == "auto" and options["model_filename"] == ["model.pt"], options
+        seg0 = _infer(name0, tmp_path / "seg0.nii.gz")
+        assert seg0.shape == nib.load(image).shape
+        ref0 = _bundle_inference(server_python, bundle, image, str(tmp_path / "ref0"))
+        assert np.array_equal(seg0, ref0), "/infer differs from the bundle's own inference with the same model.pt"
+
+        for im in images:
+            name = os.path.basename(im).replace(".nii.gz", "")
+            label = os.path.join(synth3d, "labelsTr", os.path.basename(im))
+            reply = json.loads(_request("PUT", f"/datastore/label?image={name}&tag=final",
+                                        *_multipart("label", os.path.basename(im), open(label, "rb").read())))
+            assert reply == {"image": name, "label": name}
+        assert _get("/info/")["datastore"]["completed"] == 4
+
+        # a session starts from the served model (MONAI Label loads it), validates it first on the session's own
+        # validation images, and replaces it only with a better epoch: from the initial weights, 3 epochs are
+        # better on this data (seeded: the same result every run)
+        mark = len(open(log).read())
+        encoder = initial_weights(tmp_path_factory, "mae_pretrain", "train_3d.json")
+        _train(max_epochs=3, val_split=0.5, multi_gpu=False, device="cpu", pretrained_ckpt=encoder)
+        said = open(log).read()[mark:]
+        assert "served model" in said and "it is replaced only by a better model" in said, said[-3000:]
+        assert "new best val_mean_dice" in said, said[-3000:]
+        served1 = open(os.path.join(models, "model.pt"), "rb").read()
+        assert served1 != served0, "the trained model.pt did not change"
+        # resume state lives out of models/*.pt, which MONAI Label lists as models to load
+        assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(models, "*.pt"))) == ["model.pt"]
+        cks = glob.glob(os.path.join(models, "monailabel", "checkpoint_*.pt"))
+        assert cks, os.listdir(models)
+        last = max(cks, key=lambda p: int(os.path.basename(p)[len("checkpoint_"):-len(".pt")]))
+        ck = torch.load(last, weights_only=True)
+        # the schedule and the run identity follow the request's max_epochs, not the config's epochs
+        assert ck["lr_scheduler"]["t_total"] == ck["trainer"]["iteration"] and ck["run"]["epochs"] == 3
+        assert ck["run"]["init"].startswith(f"encoder of {encoder}")  # the train option pretrained_ckpt was used
+        # the weights' provenance is MONAI Label's datastore, not the bundle's synthetic default (pack_bundle reads
+        # it to decide the data licence), and no synthetic data was written into the served bundle
+        meta = json.load(open(os.path.join(models, "metadata.json")))
+        assert meta["trained_on"] == f"monailabel:{work / 'studies'}", meta["trained_on"]
+        assert not os.path.exists(os.path.join(bundle, "data")), os.listdir(os.path.join(bundle, "data"))
+
+        # the next /infer uses the new model.pt, without a restart
+        seg1 = _infer(name0, tmp_path / "seg1.nii.gz")
+        ref1 = _bundle_inference(server_python, bundle, image, str(tmp_path / "ref1"))
+        assert np.array_equal(seg1, ref1), "the second /infer did not use the new model.pt"
+        assert not np.array_equal(seg1, seg0)
+
+        # a request without validation images stops before training, saying what to send; model.pt untouched
+        with pytest.raises(AssertionError, match="HTTP 500"):
+            _train(max_epochs=1, val_split=0.0, multi_gpu=False, device="cpu")
+        _wait_for(log, "validate#dataset#data is empty")
+        assert open(os.path.join(models, "model.pt"), "rb").read() == served1
+
+
+def test_ci_builds_the_server_environment_as_documented():
+    """.ci/run makes the README's server environment with the README's own command, then requires this test."""
+    (cmd,) = readme_commands("#### MONAI Label server environment", README)
+    assert cmd == ("python3 -m venv .venv-monailabel && .venv-monailabel/bin/pip install --no-deps -r "
+                   "requirements-monailabel-server.txt")
+    ci = open(os.path.join(REPO, ".ci", "run")).read()
+    assert (f'python scripts/readme_commands.py "#### MONAI Label server environment" --readme {README}' in ci
+            and "MEDMAE_REQUIRE_MONAILABEL_SERVER=1" in ci)
