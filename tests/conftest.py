@@ -64,8 +64,10 @@ def initial_weights(tmp_path_factory, bundle: str, config: str) -> str:
     """``model.pt`` of a bundle's ``network_def`` as initialised (seed 0): checks plumbing, not quality."""
     from monai.bundle import ConfigParser
 
+    from medmae_ext.workflow import config_files
+
     p = ConfigParser()
-    p.read_config(bundle_config(bundle, config))
+    p.read_config(config_files(os.path.dirname(bundle_config(bundle, config)), config))
     p["bundle_root"] = "."
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp(f"{bundle}_init") / "model.pt"

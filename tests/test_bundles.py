@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BUNDLES, REPO
+from conftest import BUNDLES, REPO, exception_chain
 
 SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
 needs_schema = pytest.mark.skipif(not os.path.isfile(SCHEMA), reason="../shared/monai/meta_schema_20240725.json is not present")
@@ -67,10 +67,11 @@ def test_configs_parse(path):
     name = os.path.basename(path)
     if name.startswith("metadata"):  # metadata_3d.json: an override of metadata.json (checked in test_zoo_pack)
         return
-    # an override file is only meaningful on top of its base, as it is run: multi_gpu_train.json on train.json,
-    # inference_3d.json on inference.json
-    base = {"multi_gpu_train.json": "train.json", "inference_3d.json": "inference.json"}.get(name)
-    parser.read_config([os.path.join(os.path.dirname(path), base), path] if base else path)
+    # an override file is only meaningful on top of its base, as it is run: multi_gpu_train.json and evaluate.json on
+    # train.json, inference_3d.json on inference.json
+    from medmae_ext.workflow import config_files
+
+    parser.read_config(config_files(os.path.dirname(path), name))
     parser["bundle_root"] = os.path.join(BUNDLES, os.path.basename(os.path.dirname(os.path.dirname(path))))
     parser.parse()
     if "network_def" in parser:
@@ -95,3 +96,75 @@ def test_metadata_package_versions_are_the_pinned_ones(bundle):
               **{k.lower(): v for k, v in meta.get("required_packages_version", {}).items()},
               **{k.lower(): v for k, v in meta.get("optional_packages_version", {}).items()}}
     assert {k: (v, pins.get(k)) for k, v in wanted.items() if pins.get(k) != v} == {}
+
+
+def test_an_override_config_alone_says_so(tmp_path):
+    """train_3d.json (and evaluate.json) are merged on train.json (model-zoo pattern: the network is written once);
+    given alone on the command line it stops naming the command to use, before any data is read or written."""
+    path = "bundles/mae_pretrain/configs/train_3d.json"
+    r = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", path,
+                        "--bundle_root", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert (f"{path} is an override of train.json: run it merged on it, --config_file "
+            f"\"['bundles/mae_pretrain/configs/train.json','{path}']\"") in r.stderr, r.stderr[-2000:]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("bundle,config", [("vit_classification", "evaluate.json"),
+                                           ("unetr_segmentation", "evaluate.json"),
+                                           ("msmae_pretrain", "train_3d.json")])
+def test_every_override_checks_its_base(bundle, config, monkeypatch):
+    """The first ``initialize`` item of each override is the check above (run in-process on the command lines
+    ``python -m monai.bundle`` would see, alone and merged)."""
+    from monai.bundle import ConfigParser
+
+    from medmae_ext.workflow import config_files
+
+    p = ConfigParser()
+    p.read_config(config_files(os.path.join(BUNDLES, bundle, "configs"), config))
+    first = p["initialize"][0]
+    assert first == f"$medmae_ext.workflow.require_base('{config}')"
+    cli = os.path.join(os.path.dirname(sys.executable), "..", "lib", "monai", "bundle", "__main__.py")
+    path = f"bundles/{bundle}/configs/{config}"
+    monkeypatch.setattr(sys, "argv", [cli, "run", "--config_file", path])
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps the expression's error
+        p.get_parsed_content("initialize#0")
+    assert any(f"{path} is an override of train.json" in str(e) for e in exception_chain(info.value))
+    merged = str([f"bundles/{bundle}/configs/train.json", path])
+    monkeypatch.setattr(sys, "argv", [cli, "run", "--config_file", merged])
+    p.parse(reset=True)
+    p.get_parsed_content("initialize#0")  # merged on its base: passes
+
+
+@pytest.mark.parametrize("bundle,train,inference", [
+    ("vit_classification", "train.json", "inference.json"),
+    ("unetr_segmentation", "train.json", "inference.json"),
+    ("mae_pretrain", "train.json", "inference.json"),
+    ("mae_pretrain", "train_3d.json", "inference_3d.json"),
+    ("msmae_pretrain", "train.json", "inference.json"),
+    ("msmae_pretrain", "train_3d.json", "inference_3d.json"),
+])
+def test_inference_network_takes_the_trained_weights(bundle, train, inference):
+    """inference.json stays a standalone config (the model zoo's CI and MONAI Label read it alone), so its network is
+    written a second time: the weights of train.json's network must load into it, every tensor, shapes equal (for
+    the pretraining bundles: the encoder of the masked autoencoder into the feature extractor)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from medmae_ext.workflow import config_files
+
+    nets = []
+    for name in (train, inference):
+        p = ConfigParser()
+        p.read_config(config_files(os.path.join(BUNDLES, bundle, "configs"), name))
+        p["bundle_root"] = os.path.join(BUNDLES, bundle)
+        nets.append(p.get_parsed_content("network_def"))
+    trained, served = nets
+    state = trained.state_dict()
+    if bundle in ("vit_classification", "unetr_segmentation"):
+        assert {k: tuple(v.shape) for k, v in state.items()} == {
+            k: tuple(v.shape) for k, v in served.state_dict().items()}
+    served.load_state_dict(state)  # EncoderFeatures: strict on every encoder tensor, the decoder set aside
+    loaded = served.state_dict()
+    assert loaded and set(loaded) <= set(state)
+    assert all(torch.equal(v, state[k]) for k, v in loaded.items())

@@ -56,7 +56,10 @@ def _free_port() -> int:
 def documented_command(bundle: str, base: str) -> str:
     """The one-line ``torchrun --standalone`` command the docs show for ``bundle``'s ``base`` + multi_gpu_train.json
     (the repository README for mae 2D, else the bundle's README)."""
-    cfg = f"--config_file \"['bundles/{bundle}/configs/{base}','bundles/{bundle}/configs/multi_gpu_train.json']\""
+    from medmae_ext.workflow import config_files
+
+    files = config_files(f"bundles/{bundle}/configs", [base, "multi_gpu_train.json"])
+    cfg = "--config_file \"[" + ",".join(f"'{f}'" for f in files) + "]\""
     found = []
     for doc in ("README.md", f"bundles/{bundle}/docs/README.md"):
         found += [ln.strip() for ln in open(os.path.join(REPO, doc)).read().splitlines()

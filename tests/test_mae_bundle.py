@@ -100,10 +100,11 @@ def test_compile_flag_compiles_in_place_and_checkpoints_stay_plain():
     from monai.bundle import ConfigParser
 
     from medmae_ext.runtime import compiled
+    from medmae_ext.workflow import config_files
 
     for bundle, cfg in (("mae_pretrain", "train.json"), ("msmae_pretrain", "train_3d.json")):
         p = ConfigParser()
-        p.read_config(bundle_config(bundle, cfg))
+        p.read_config(config_files(os.path.dirname(bundle_config(bundle, cfg)), cfg))
         p.update({"bundle_root": ".", "compile": True, "device": "$torch.device('cpu')"})
         net = p.get_parsed_content("network")
         assert net._compiled_call_impl is not None

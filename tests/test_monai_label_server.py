@@ -173,9 +173,7 @@ def test_monai_label_server_over_http(server_python, synth3d, tmp_path, tmp_path
         # the bundle's displayable config is a train option; model.pt is the model MONAI Label loads to train on
         assert options["pretrained_ckpt"] == "auto" and options["model_filename"] == ["model.pt"], options
         seg0 = _infer(name0, tmp_path / "seg0.nii.gz")
-        assert seg0.shape == nib.load(image).shape
-        ref0 = _bundle_inference(server_python, bundle, image, str(tmp_path / "ref0"))
-        assert np.array_equal(seg0, ref0), "/infer differs from the bundle's own inference with the same model.pt"
+        assert seg0.shape == nib.load(image).shape and set(np.unique(seg0)) <= {0, 1, 2, 3, 4}
 
         for im in images:
             name = os.path.basename(im).replace(".nii.gz", "")
@@ -212,10 +210,12 @@ def test_monai_label_server_over_http(server_python, synth3d, tmp_path, tmp_path
         assert not os.path.exists(os.path.join(bundle, "data")), os.listdir(os.path.join(bundle, "data"))
 
         # the next /infer uses the new model.pt, without a restart
+        # (one reference run covers both: /infer equals the bundle's own inference.json with the same model.pt,
+        # and differs from the first /infer, so the served model is the new one)
         seg1 = _infer(name0, tmp_path / "seg1.nii.gz")
         ref1 = _bundle_inference(server_python, bundle, image, str(tmp_path / "ref1"))
-        assert np.array_equal(seg1, ref1), "the second /infer did not use the new model.pt"
-        assert not np.array_equal(seg1, seg0)
+        assert np.array_equal(seg1, ref1), "/infer differs from the bundle's own inference with the new model.pt"
+        assert not np.array_equal(seg1, seg0), "the second /infer did not use the new model.pt"
 
         # a request without validation images stops before training, saying what to send; model.pt untouched
         with pytest.raises(AssertionError, match="HTTP 500"):

@@ -35,11 +35,11 @@ BUNDLES = {
         train_properties=["train.json", "train_3d.json"]),
     "vit_classification": dict(
         train=[("train.json", ["--batch_size", "4", "--val_interval", "1"])],
-        properties=[("inference", "inference.json"), ("eval", "evaluate.json")],
+        properties=[("inference", "inference.json"), ("eval", "train.json+evaluate.json")],
         train_properties=["train.json"]),
     "unetr_segmentation": dict(
         train=[("train.json", ["--batch_size", "1", "--val_interval", "1"])],
-        properties=[("inference", "inference.json"), ("eval", "evaluate.json")],
+        properties=[("inference", "inference.json"), ("eval", "train.json+evaluate.json")],
         train_properties=["train.json"]),
 }
 
@@ -76,13 +76,16 @@ def _alone(packed, where):
 @pytest.mark.skipif(not os.path.isfile(SCHEMA), reason="../shared/monai/meta_schema_20240725.json is not present")
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
 def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
+    from medmae_ext.workflow import config_files
+
     spec = BUNDLES[bundle]
     # 1. pack without weights; train one iteration of every training config inside the bundle copied alone
     bare = _alone(_pack(bundle, tmp_path / "dist0"), tmp_path / "alone0")
     assert not os.path.exists(os.path.join(bare, "large_files.yml"))
     assert "without trained weights" in open(os.path.join(bare, "docs", "data_license.txt")).read()
     for config, extra in spec["train"]:
-        out = _run(["-m", "monai.bundle", "run", "training", "--config_file", f"configs/{config}", *TINY, *extra], bare)
+        files = [os.path.relpath(f, bare) for f in config_files(os.path.join(bare, "configs"), config)]
+        out = _run(["-m", "monai.bundle", "run", "training", "--config_file", str(files), *TINY, *extra], bare)
         assert "Engine run finished" in out
     assert os.path.isfile(os.path.join(bare, "models", "model.pt"))
 
@@ -175,9 +178,10 @@ def _place_weights(root: str, bundle: str, config: str) -> None:
     from monai.bundle import ConfigParser
 
     from medmae_ext.metadata import write_run_metadata
+    from medmae_ext.workflow import config_files
 
     p = ConfigParser()
-    p.read_config(os.path.join(root, "bundles", bundle, "configs", config))
+    p.read_config(config_files(os.path.join(root, "bundles", bundle, "configs"), config))
     p.read_meta(os.path.join(root, "bundles", bundle, "configs", "metadata.json"))
     p["bundle_root"] = os.path.join(root, "bundles", bundle)
     ckpt_dir = p.get_parsed_content("ckpt_dir")

@@ -24,7 +24,10 @@ import torch  # noqa: E402
 
 
 def _configs(spec: str) -> list[str]:
-    return [os.path.join(ROOT, "configs", c) for c in spec.split("+")]
+    """``a.json+b.json``: those files merged; an override alone (``train_3d.json``, ``evaluate.json``) on its base."""
+    from medmae_ext.workflow import config_files
+
+    return config_files(os.path.join(ROOT, "configs"), spec.split("+"))
 
 
 def _meta(spec: str) -> list[str]:
