@@ -20,7 +20,8 @@ def run_metadata(meta: dict, in_channels: int, img_size, class_names=None, outpu
                  trained_on: str | None = None, overrides: dict | None = None) -> dict:
     """A copy of ``meta`` whose ``network_data_format`` has the run's input channels and size, output classes
     (channel names) and output type. ``overrides``: MONAI-style ``"a#b#c": value`` pairs applied first (the
-    pretraining configs' ``run_metadata_overrides``: embedding size, and the 3D input of ``train_3d.json``). ``trained_on`` (``"synthetic"`` or ``"<data_format>:<path>"``) is
+    pretraining configs' ``run_metadata_overrides``: embedding size, and the 3D input of ``train_3d.json``).
+    ``trained_on`` (``"synthetic"``, ``"<data_format>:<path>"``, or under MONAI Label ``"monailabel:<folder>"``) is
     recorded under ``trained_on``: ``scripts/pack_bundle.py`` states the weights' data licence from it."""
     m = copy.deepcopy(dict(meta))
     m.pop("_meta_", None)

@@ -53,6 +53,13 @@ def bundle_config(bundle: str, name: str) -> str:
     return os.path.join(BUNDLES, bundle, "configs", name)
 
 
+def bundle_configs(bundle: str, config) -> list[str]:
+    """The files of ``config`` as MONAI merges them: an override on its base (``medmae_ext.workflow.config_files``)."""
+    from medmae_ext.workflow import config_files
+
+    return config_files(os.path.join(BUNDLES, bundle, "configs"), config)
+
+
 def run_bundle(bundle: str, config, run_id: str = "training", **override):
     """Run a bundle config in-process, like `python -m monai.bundle run <run_id> --config_file ...`."""
     from medmae_ext.workflow import run_bundle_config
@@ -64,10 +71,8 @@ def initial_weights(tmp_path_factory, bundle: str, config: str) -> str:
     """``model.pt`` of a bundle's ``network_def`` as initialised (seed 0): checks plumbing, not quality."""
     from monai.bundle import ConfigParser
 
-    from medmae_ext.workflow import config_files
-
     p = ConfigParser()
-    p.read_config(config_files(os.path.dirname(bundle_config(bundle, config)), config))
+    p.read_config(bundle_configs(bundle, config))
     p["bundle_root"] = "."
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp(f"{bundle}_init") / "model.pt"
@@ -92,4 +97,3 @@ class captured_warnings:
 
     def __exit__(self, *exc):
         self.logger.removeHandler(self.handler)
-

@@ -1,8 +1,6 @@
 """Mixed precision without a GPU: every network forward+backward under CPU bf16 autocast, and one iteration of every
 training config with ``amp`` forced on (the configs run it as CPU bf16 autocast off CUDA)."""
 
-import os
-
 import pytest
 import torch
 from conftest import initial_weights
@@ -97,11 +95,9 @@ def test_one_iteration_with_amp_on_cpu_bf16(tmp_path, tmp_path_factory, request,
         over["batch_size"] = 1
     from monai.bundle import ConfigWorkflow
 
-    from conftest import bundle_config
+    from conftest import bundle_config, bundle_configs
 
-    from medmae_ext.workflow import config_files
-
-    wf = ConfigWorkflow(config_file=config_files(os.path.dirname(bundle_config(bundle, config)), config), meta_file=bundle_config(bundle, "metadata.json"),
+    wf = ConfigWorkflow(config_file=bundle_configs(bundle, config), meta_file=bundle_config(bundle, "metadata.json"),
                         logging_file=bundle_config(bundle, "logging.conf"), run_id="training", **over)
     wf.initialize()
     net = wf.parser.get_parsed_content("network")

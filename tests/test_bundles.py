@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BUNDLES, REPO, exception_chain
+from conftest import BUNDLES, REPO, bundle_configs, exception_chain
 
 SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
 needs_schema = pytest.mark.skipif(not os.path.isfile(SCHEMA), reason="../shared/monai/meta_schema_20240725.json is not present")
@@ -118,13 +118,11 @@ def test_every_override_checks_its_base(bundle, config, monkeypatch):
     ``python -m monai.bundle`` would see, alone and merged)."""
     from monai.bundle import ConfigParser
 
-    from medmae_ext.workflow import config_files
-
     p = ConfigParser()
-    p.read_config(config_files(os.path.join(BUNDLES, bundle, "configs"), config))
+    p.read_config(bundle_configs(bundle, config))
     first = p["initialize"][0]
     assert first == f"$medmae_ext.workflow.require_base('{config}')"
-    cli = os.path.join(os.path.dirname(sys.executable), "..", "lib", "monai", "bundle", "__main__.py")
+    cli = "site-packages/monai/bundle/__main__.py"  # argv[0] of python -m monai.bundle
     path = f"bundles/{bundle}/configs/{config}"
     monkeypatch.setattr(sys, "argv", [cli, "run", "--config_file", path])
     with pytest.raises(RuntimeError) as info:  # MONAI wraps the expression's error
@@ -151,12 +149,10 @@ def test_inference_network_takes_the_trained_weights(bundle, train, inference):
     import torch
     from monai.bundle import ConfigParser
 
-    from medmae_ext.workflow import config_files
-
     nets = []
     for name in (train, inference):
         p = ConfigParser()
-        p.read_config(config_files(os.path.join(BUNDLES, bundle, "configs"), name))
+        p.read_config(bundle_configs(bundle, name))
         p["bundle_root"] = os.path.join(BUNDLES, bundle)
         nets.append(p.get_parsed_content("network_def"))
     trained, served = nets

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, bundle_config, run_bundle
+from conftest import REPO, bundle_config, bundle_configs, run_bundle
 
 FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, use_synthetic=False, max_items=12)
 
@@ -100,11 +100,10 @@ def test_compile_flag_compiles_in_place_and_checkpoints_stay_plain():
     from monai.bundle import ConfigParser
 
     from medmae_ext.runtime import compiled
-    from medmae_ext.workflow import config_files
 
     for bundle, cfg in (("mae_pretrain", "train.json"), ("msmae_pretrain", "train_3d.json")):
         p = ConfigParser()
-        p.read_config(config_files(os.path.dirname(bundle_config(bundle, cfg)), cfg))
+        p.read_config(bundle_configs(bundle, cfg))
         p.update({"bundle_root": ".", "compile": True, "device": "$torch.device('cpu')"})
         net = p.get_parsed_content("network")
         assert net._compiled_call_impl is not None

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLES, bundle_config, captured_warnings, raised, run_bundle
+from conftest import BUNDLES, bundle_config, bundle_configs, captured_warnings, raised, run_bundle
 
 from medmae_ext.checkpoints import RunMismatchError
 from medmae_ext.errors import InputError
@@ -251,15 +251,13 @@ def test_a_second_run_in_the_same_folder_stops_naming_the_first(tmp_path, synth2
 def test_3d_configs_set_orientation_labels_and_readers_close_their_files(tmp_path):
     from monai.bundle import ConfigParser
 
-    from medmae_ext.workflow import config_files
-
     for bundle, config in (("mae_pretrain", "train_3d.json"), ("msmae_pretrain", "train_3d.json"),
                            ("unetr_segmentation", "train.json"), ("unetr_segmentation", "evaluate.json"),
                            ("unetr_segmentation", "inference.json")):
         text = open(bundle_config(bundle, config)).read()
         assert '"Orientationd"' in text
         p = ConfigParser()
-        p.read_config(config_files(os.path.dirname(bundle_config(bundle, config)), config))
+        p.read_config(bundle_configs(bundle, config))
         p["bundle_root"] = str(tmp_path)
         key = "preprocessing" if config in ("evaluate.json", "inference.json") else "train#preprocessing"
         with warnings.catch_warnings(record=True) as caught:
