@@ -57,7 +57,7 @@ def part_step(device: str, rounds: int, compile_: bool, presets=("vitb2d", "vitb
 
 
 def _mae_workflow(root: str, overrides: dict):
-    from medmae_ext.workflow import run_bundle_config
+    from medmae_ext.bundle.workflow import run_bundle_config
 
     return run_bundle_config(os.path.join(REPO, "bundles", "mae_pretrain", "configs"), "train.json", "training",
                              bundle_root=root, **overrides)

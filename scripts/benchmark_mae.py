@@ -43,7 +43,7 @@ import torch
 from monai.networks.nets import MaskedAutoEncoderViT
 from torch.utils.flop_counter import FlopCounterMode
 
-from medmae_ext.losses import MAELoss, MaskedPatchMSELoss
+from medmae_ext.training.losses import MAELoss, MaskedPatchMSELoss
 from medmae_ext.networks import MaskedAutoencoder
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))

@@ -19,7 +19,7 @@ import fire
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medmae_ext.masking import AttentionMasking
+from medmae_ext.networks.masking import AttentionMasking
 from medmae_ext.networks import ViTClassifier
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

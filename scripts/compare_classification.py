@@ -7,8 +7,8 @@ by the seed; ``data_kwargs {"select_frac": ...}`` of the bundles):
 2. fine-tune ``vit_classification`` once per arm with the same epochs, batch, optimiser, lr, schedule, augmentation
    and ``--class_weighting`` / ``--balanced_sampling``:
 
-   * ``scratch`` -- random initialisation, **no layer-wise lr decay** (``layer_decay 1.0``): a decay schedule is
-     designed for pretrained encoders and would slow a random encoder down;
+   * ``scratch`` -- random initialisation, **no layer-wise lr decay** (the bundle applies layer decay only to a loaded
+     encoder: a decay schedule is designed for pretrained encoders and would slow a random one down);
    * ``mae`` -- the mae_pretrain encoder, layer decay 0.75;
    * ``msmae`` -- the msmae_pretrain encoder, all tokens, layer decay 0.75;
    * ``msmae_masked`` -- the msmae_pretrain encoder with MSMAE masked fine-tuning, layer decay 0.75;
@@ -45,7 +45,7 @@ ARMS = {
 
 
 def run(bundle: str, config: str, run_id: str, **override) -> float:
-    from medmae_ext.workflow import run_bundle_config
+    from medmae_ext.bundle.workflow import run_bundle_config
 
     t0 = time.time()
     run_bundle_config(os.path.join(REPO, "bundles", bundle, "configs"), config, run_id, **override)
@@ -128,15 +128,19 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
          attention_start_epoch: int = 4, eval_split: str = "validation", select_frac: float = 0.1,
          class_weighting: str = "none", balanced_sampling: bool = False, arms: str = "scratch,mae,msmae,msmae_masked",
          work_dir: str = "runs/compare_cls", num_workers: int = 0, num_threads: int = 0, max_items: int | None = None,
-         reuse_pretraining: bool = False, pretrain_dir: str | None = None, report_only: bool = False):
+         reuse_pretraining: bool = False, pretrain_dir: str | None = None, report_only: bool = False,
+         pooling: str | None = None):
     """``select_frac 0`` selects the checkpoint on ``eval_split`` itself (optimistic for every arm; the table says so).
     ``reuse_pretraining``: keep a seed's pretrained ``models/model.pt`` already under ``work_dir`` (a rerun that only
     changes the fine-tuning). ``max_items`` keeps the first items of every split (quick checks). Each arm's numbers
     are also kept in ``<work_dir>/seed<N>/<arm>/compare_result.json``; ``report_only`` rebuilds the table and picture
     from those (seeds run by separate processes into one ``work_dir``) without training. ``pretrain_dir``: take (and
     with ``reuse_pretraining`` keep) the pretrained encoders from ``<pretrain_dir>/seed<N>/pretrain/{mae,msmae}`` instead of
-    ``work_dir``, e.g. to fine-tune with other options on the same encoders."""
-    from medmae_ext.reports import read_history
+    ``work_dir``, e.g. to fine-tune with other options on the same encoders. ``pooling``: the classifier's config id
+    ``pooling`` for every arm ("cls" or "mean"; default: the bundle's). Sizes (``img_size``, ``patch_size``) are given
+    to the pretraining runs and the scratch arm only: the other arms and every evaluation read them from the run
+    records."""
+    from medmae_ext.outputs.reports import read_history
 
     arm_keys = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms)]
     unknown = [a for a in arm_keys if a not in ARMS]
@@ -144,12 +148,13 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
         raise SystemExit(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
     seeds = [int(s) for s in (seeds if isinstance(seeds, (list, tuple)) else [seeds])]
     base_kwargs = {"max_items": int(max_items)} if max_items else {}
-    common = {"data_format": data_format, "img_size": list(img_size), "patch_size": list(patch_size),
-              "batch_size": batch_size, "num_workers": num_workers, "num_threads": num_threads}
+    common = {"data_format": data_format, "batch_size": batch_size, "num_workers": num_workers,
+              "num_threads": num_threads}
+    sizes = {"img_size": list(img_size), "patch_size": list(patch_size)}
     if data_path:
         common["data_path"] = os.path.abspath(data_path)
     cls = {"class_names": list(class_names)} if class_names else {}
-    n_classes = len(class_names) if class_names else 3
+    head = {"pooling": pooling} if pooling else {}
     need_mae, need_msmae = "mae" in arm_keys, any(a.startswith("msmae") for a in arm_keys)
     results: dict[str, list[dict]] = {}
     for seed in seeds if not report_only else ():
@@ -161,7 +166,8 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
         pre_root = os.path.abspath(os.path.join(pretrain_dir or work_dir, f"seed{seed}", "pretrain"))
         mae, msmae = os.path.join(pre_root, "mae"), os.path.join(pre_root, "msmae")
         # the pretraining configs have their own max_items config id
-        pre = {**train, "data_kwargs": {k: v for k, v in select.items() if k != "max_items"}, "max_items": max_items}
+        pre = {**train, **sizes, "data_kwargs": {k: v for k, v in select.items() if k != "max_items"},
+               "max_items": max_items}
 
         def pretrained(folder):
             return reuse_pretraining and os.path.isfile(os.path.join(folder, "models", "model.pt"))
@@ -171,11 +177,11 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
             print(f"seed {seed}: mae_pretrain {t:.0f} s", flush=True)
         if need_msmae and not pretrained(msmae):
             t = run("msmae_pretrain", "train.json", "training", bundle_root=msmae, epochs=pretrain_epochs,
-                    num_classes=n_classes, attention_start_epoch=attention_start_epoch,
+                    **cls, attention_start_epoch=attention_start_epoch,
                     attention_interval=max(1, attention_start_epoch), class_weighting=class_weighting, **pre)
             print(f"seed {seed}: msmae_pretrain {t:.0f} s", flush=True)
         init = {
-            "scratch": dict(pretrained_ckpt="scratch", layer_decay=1.0),
+            "scratch": dict(pretrained_ckpt="scratch", **sizes),
             "mae": dict(pretrained_ckpt=os.path.join(mae, "models", "model.pt")),
             "msmae": dict(pretrained_ckpt=os.path.join(msmae, "models", "model.pt")),
             "msmae_masked": dict(pretrained_ckpt=os.path.join(msmae, "models", "model.pt"), msmae_finetune=True),
@@ -184,12 +190,13 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
             arm_root = os.path.join(root, key)
             t = run("vit_classification", "train.json", "training", bundle_root=arm_root, epochs=epochs,
                     val_interval=1, class_weighting=class_weighting, balanced_sampling=balanced_sampling,
-                    **train, **cls, **init[key])
+                    **train, **cls, **head, **init[key])
             ev = {k: v for k, v in train.items() if k not in ("resume", "seed")}
             ev["data_kwargs"] = base_kwargs
-            run("vit_classification", "evaluate.json", "evaluating", bundle_root=arm_root, split=eval_split, **ev, **cls)
+            run("vit_classification", "evaluate.json", "evaluating", bundle_root=arm_root, split=eval_split, **ev)
             m = json.load(open(os.path.join(arm_root, "eval", eval_split, "metrics.json")))
-            history = read_history(os.path.join(arm_root, "eval", "validation", "history.csv"))
+            chosen_on = "selection" if select_frac else "validation"
+            history = read_history(os.path.join(arm_root, "eval", chosen_on, "history.csv"))
             m.update(time=t, history=history, best_epoch=max(history, key=lambda h: h["mean_auc"])["epoch"])
             json.dump(m, open(os.path.join(arm_root, "compare_result.json"), "w"), indent=1)
             results.setdefault(key, []).append(m)

@@ -12,7 +12,7 @@ import os
 import time
 
 import fire
-from medmae_ext.workflow import run_bundle_config
+from medmae_ext.bundle.workflow import run_bundle_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ def run(bundle: str, config: str, run_id: str, **override) -> float:
 
 def main(work_dir: str = "runs/compare", epochs: int = 30, pretrain_epochs: int | None = None, msmae: bool = False):
     data = os.path.join(work_dir, "data")
-    common = dict(dataset_dir=data, use_synthetic=True, resume=False)
+    common = dict(dataset_dir=data, resume=False)
     rows = []
     pre = dict(common, **({"epochs": pretrain_epochs} if pretrain_epochs else {}))
     t = run("mae_pretrain", "train.json", "training", bundle_root=os.path.join(work_dir, "mae"), **pre)

@@ -20,7 +20,7 @@ import time
 import fire
 
 from medmae_ext.data import ORGANS_3D
-from medmae_ext.workflow import run_bundle_config
+from medmae_ext.bundle.workflow import run_bundle_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORGANS = [ORGANS_3D[k] for k in sorted(ORGANS_3D) if k]
@@ -59,7 +59,7 @@ def main(work_dir: str = "runs/unetr", epochs: int = 50, feature_size: int = 8, 
             t = time.time() - t0
             steps = wf.parser.get_parsed_content("train#trainer").state.iteration
             best = wf.parser.get_parsed_content("validate#evaluator").state.best_metric
-            run_bundle_config(cfg("unetr_segmentation"), "evaluate.json", "evaluating", use_synthetic=False, **common)
+            run_bundle_config(cfg("unetr_segmentation"), "evaluate.json", "evaluating", **common)
             organs = per_organ_dice(os.path.join(root, "eval", "validation", "mean_dice_summary.csv"))
             results[name].append((best, organs, t))
             print(f"seed {seed} {name}: best validation mean Dice {best:.3f} "

@@ -43,7 +43,7 @@ def score(arm_root: str, data_format: str, data_path: str, class_names, img_size
     from monai.bundle import ConfigParser
     from monai.metrics import compute_roc_auc
 
-    from medmae_ext.masking import AttentionMasking, RandomMasking, patch_counts
+    from medmae_ext.networks.masking import AttentionMasking, RandomMasking, patch_counts
 
     p = ConfigParser()
     p.read_config(os.path.join(REPO, "bundles", "vit_classification", "configs", "train.json"))

@@ -17,9 +17,9 @@ from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd
 
-from medmae_ext.attention import lesion_coverage
+from medmae_ext.training.attention import lesion_coverage
 from medmae_ext.data import load_datalist
-from medmae_ext.masking import RandomMasking
+from medmae_ext.networks.masking import RandomMasking
 from medmae_ext.networks import read_state_dict
 
 

@@ -54,15 +54,15 @@ def bundle_config(bundle: str, name: str) -> str:
 
 
 def bundle_configs(bundle: str, config) -> list[str]:
-    """The files of ``config`` as MONAI merges them: an override on its base (``medmae_ext.workflow.config_files``)."""
-    from medmae_ext.workflow import config_files
+    """The files of ``config`` as MONAI merges them: an override on its base (``medmae_ext.bundle.workflow.config_files``)."""
+    from medmae_ext.bundle.workflow import config_files
 
     return config_files(os.path.join(BUNDLES, bundle, "configs"), config)
 
 
 def run_bundle(bundle: str, config, run_id: str = "training", **override):
     """Run a bundle config in-process, like `python -m monai.bundle run <run_id> --config_file ...`."""
-    from medmae_ext.workflow import run_bundle_config
+    from medmae_ext.bundle.workflow import run_bundle_config
 
     return run_bundle_config(os.path.join(BUNDLES, bundle, "configs"), config, run_id, **override)
 
@@ -97,3 +97,29 @@ class captured_warnings:
 
     def __exit__(self, *exc):
         self.logger.removeHandler(self.handler)
+
+
+def place_trained_weights(bundle_dir: str, bundle: str, config, trained_on: str = "synthetic") -> str:
+    """``models/[3d/]model.pt`` of ``config``'s network as initialised (seed 0) with the run record a finished run
+    of those settings writes beside it (``models/metadata.json``): what a training run leaves, in a second.
+    ``bundle_dir`` is the bundle's folder (its ``bundle_root``). Returns the ``model.pt`` path."""
+    from monai.bundle import ConfigParser
+
+    from medmae_ext.bundle.record import RunRecordWriter
+    from medmae_ext.training.checkpoints import RunIdentity
+
+    p = ConfigParser()
+    p.read_config(bundle_configs(bundle, config))
+    p["bundle_root"] = str(bundle_dir)
+    ckpt_dir = p.get_parsed_content("ckpt_dir")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    torch.manual_seed(0)
+    net = p.get_parsed_content("network_def")
+    path = os.path.join(ckpt_dir, "model.pt")
+    torch.save(net.state_dict(), path)
+    settings = p.get_parsed_content("run_settings")
+    identity = RunIdentity(net, "scratch", [], "synthetic", 1, settings)
+    i = next(i for i, h in enumerate(p["train#handlers"]) if str(h.get("_target_", "")).endswith(".RunRecordWriter"))
+    RunRecordWriter(os.path.join(ckpt_dir, "metadata.json"), p.get_parsed_content(f"train#handlers#{i}#metadata_file"),
+                    settings, identity, p[f"train#handlers#{i}#kind"], trained_on, trained_on).write(None, "finished")
+    return path

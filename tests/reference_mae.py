@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from medmae_ext.masking import MaskPlan
+from medmae_ext.networks.masking import MaskPlan
 from medmae_ext.networks.patching import patchify
 from medmae_ext.networks.vit import gather_tokens
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import initial_weights
 
-from medmae_ext.masking import AttentionMasking, RandomMasking
+from medmae_ext.networks.masking import AttentionMasking, RandomMasking
 from medmae_ext.networks import MaskedAutoencoder, ViTClassifier
 
 
@@ -62,7 +62,7 @@ def test_unetr_under_bf16_autocast():
 
 
 def test_autocast_iteration_is_none_where_monai_amp_applies():
-    from medmae_ext.engines import autocast_iteration
+    from medmae_ext.training.engines import autocast_iteration
 
     assert autocast_iteration("cpu", False) is None
     assert autocast_iteration("cuda:0", True) is None  # MONAI's own torch.autocast("cuda") + GradScaler
@@ -79,7 +79,7 @@ TRAIN_CONFIGS = [
     # (the run always validates its last epoch; the vit row covers the evaluator under autocast), and bf16 3D
     # convolutions are slow on a CPU at any size: a 32^3 crop and feature_size 8 keep the training step to seconds
     ("unetr_segmentation", "train.json", "synth3d", {"num_samples": 1, "val_interval": 2, "roi_size": [32, 32, 32],
-                                                     "network_def#feature_size": 8,
+                                                     "feature_size": 8,
                                                      "validate#evaluator#iteration_update": None}),
 ]
 

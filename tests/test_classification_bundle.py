@@ -14,7 +14,7 @@ from conftest import REPO, bundle_config, captured_warnings, exception_chain, in
 from PIL import Image
 
 B = "vit_classification"
-FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, use_synthetic=False, val_interval=1)
+FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, val_interval=1)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_missing_pretrained_checkpoint_is_named(tmp_path, synth2d):
 def test_evaluate_writes_report(trained, synth2d):
     root, _ = trained
     wf = run_bundle(B, "evaluate.json", run_id="evaluating", bundle_root=str(root), dataset_dir=synth2d,
-                    use_synthetic=False, num_workers=0)
+                    num_workers=0)
     m = json.load(open(root / "eval" / "test" / "metrics.json"))
     assert m["num_samples"] == 9 and 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
     assert set(m["per_class"]) == {"normal", "nodule", "opacity"}
@@ -158,7 +158,7 @@ def test_train_from_scratch_and_multilabel_chestxray14(tmp_path):
 def test_classification_report_numbers(tmp_path):
     from types import SimpleNamespace
 
-    from medmae_ext.handlers import ClassificationReport
+    from medmae_ext.outputs.reports import ClassificationReport
 
     rep = ClassificationReport(str(tmp_path), ["a", "b"])
     rep._reset(None)

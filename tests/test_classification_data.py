@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from medmae_ext.data import (
-    CHESTXRAY14_CLASSES, DatalistError, chestxray14_csv, classification_datalist, ham10000_csv, image_folder,
+    CHESTXRAY14_CLASSES, DatalistError, chestxray14_csv, dataset_items, ham10000_csv, image_folder,
     messidor2_csv, split_items,
 )
 
@@ -95,11 +95,11 @@ def test_image_folder_training_testing_layout(tmp_path):
     assert len(test) == 12 and {t["label"] for t in test} == {0, 1, 2, 3}
     tr, va = (image_folder(str(tmp_path), s, split_by="image") for s in ("training", "validation"))
     assert len(tr) + len(va) == 40 and len(va) == 6
-    assert classification_datalist("folder", str(tmp_path), "test") == test
+    assert dataset_items("folder", str(tmp_path), "test") == test
     with pytest.raises(DatalistError, match="image folder not found"):
         image_folder(str(tmp_path / "nope"))
     with pytest.raises(DatalistError, match="unknown data_format 'xlsx'"):
-        classification_datalist("xlsx", str(tmp_path))
+        dataset_items("xlsx", str(tmp_path))
 
 
 def _patients(items):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from medmae_ext.data import DatalistError, load_datalist, load_medmnist_npz, make_synthetic_2d
-from medmae_ext.transforms import ValidateImaged
+from medmae_ext.data.transforms import ValidateImaged
 from conftest import run_bundle
 
 
@@ -134,7 +134,7 @@ def test_disk_cache_is_keyed_by_file_content_and_transform_parameters(tmp_path):
 
 def test_bundle_trains_from_a_disk_cache(tmp_path, synth2d):
     wf = run_bundle("mae_pretrain", "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, epochs=1,
-                    epoch_length=2, num_workers=0, batch_size=4, use_synthetic=False, max_items=8,
+                    epoch_length=2, num_workers=0, batch_size=4, max_items=8,
                     dataset_cache="disk")
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
     assert len(os.listdir(tmp_path / "cache")) == 8

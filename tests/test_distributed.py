@@ -33,11 +33,11 @@ CASES = {
     "vit": ("vit_classification", "train.json", "synth2d",
             dict(batch_size=4, val_interval=1, pretrained_ckpt="scratch", balanced_sampling=True)),
 }
-COMMON = dict(epochs=2, epoch_length=2, warmup_epochs=1, num_workers=0, num_threads=1, use_synthetic=False)
+COMMON = dict(epochs=2, epoch_length=2, warmup_epochs=1, num_workers=0, num_threads=1)
 SHARD_RE = re.compile(r"rank (\d+)/(\d+): (\d+) of (\d+) training items \(ids #(\w+)\)")
 # SIGKILL rank 0 at the end of epoch 1, after its checkpoint handler ran (a node lost); torchrun then stops rank 1
-KILL = {"run": ["$@train#trainer.add_event_handler(medmae_ext.checkpoints.Events.EPOCH_COMPLETED(once=1), "
-                "lambda e: medmae_ext.distributed.rank() == 0 and os.kill(os.getpid(), 9))", "$@train#trainer.run()"]}
+KILL = {"run": ["$@train#trainer.add_event_handler(medmae_ext.training.checkpoints.Events.EPOCH_COMPLETED(once=1), "
+                "lambda e: medmae_ext.training.distributed.rank() == 0 and os.kill(os.getpid(), 9))", "$@train#trainer.run()"]}
 
 
 def _cli(overrides: dict) -> list[str]:
@@ -56,7 +56,7 @@ def _free_port() -> int:
 def documented_command(bundle: str, base: str) -> str:
     """The one-line ``torchrun --standalone`` command the docs show for ``bundle``'s ``base`` + multi_gpu_train.json
     (the repository README for mae 2D, else the bundle's README)."""
-    from medmae_ext.workflow import config_files
+    from medmae_ext.bundle.workflow import config_files
 
     files = config_files(f"bundles/{bundle}/configs", [base, "multi_gpu_train.json"])
     cfg = "--config_file \"[" + ",".join(f"'{f}'" for f in files) + "]\""
@@ -128,8 +128,8 @@ def test_multi_gpu_config_under_torchrun(case, tmp_path, request):
     assert not any(k.startswith("module.") for k in ckpt["network"])  # unwrapped: loads without DDP
 
     # disjoint shards, each rank its own, of equal length; the logged digests are shard_items' own
-    from medmae_ext.checkpoints import items_digest
-    from medmae_ext.distributed import shard_items
+    from medmae_ext.training.checkpoints import items_digest
+    from medmae_ext.training.distributed import shard_items
 
     logged = {int(m[0]): m for m in SHARD_RE.findall(out)}
     assert sorted(logged) == [0, 1], out[-3000:]
@@ -184,7 +184,7 @@ def _dice_worker(rank: int, port: int, preds, labels, out_file: str) -> None:
     from ignite.engine import Engine
     from monai.handlers import MeanDice, from_engine
 
-    from medmae_ext.distributed import shard_items
+    from medmae_ext.training.distributed import shard_items
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)

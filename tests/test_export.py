@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import BUNDLES, REPO
 
-from medmae_ext.export import load_program
+from medmae_ext.outputs.export import load_program
 
 
 @pytest.mark.parametrize("bundle,shape", [("vit_classification", (3, 1, 64, 64)),
@@ -20,7 +20,7 @@ def test_docs_export_command_gives_a_program_equal_to_the_network(tmp_path, bund
     text = open(os.path.join(BUNDLES, bundle, "docs", "README.md")).read()
     block = re.search(r"## Export with torch.export.*?```bash\n(.*?)```", text, re.S).group(1)
     cmds = [ln for ln in block.splitlines() if ln.strip()]
-    assert len(cmds) == 1 and cmds[0].startswith("python -m medmae_ext.export")
+    assert len(cmds) == 1 and cmds[0].startswith("python -m medmae_ext.outputs.export")
     shutil.copytree(os.path.join(BUNDLES, bundle), tmp_path / "bundles" / bundle,
                     ignore=shutil.ignore_patterns("data", "models", "eval", "logs"))
     p = ConfigParser()

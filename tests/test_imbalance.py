@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import run_bundle
 from medmae_ext.data import DatalistError, dataset_items, select_split
-from medmae_ext.imbalance import balanced_sampler, class_weights, classification_loss
-from medmae_ext.losses import MAELoss
+from medmae_ext.training.imbalance import balanced_sampler, class_weights, classification_loss
+from medmae_ext.training.losses import MAELoss
 
-FAST = dict(epochs=2, val_interval=1, num_workers=0, batch_size=8, warmup_epochs=0, use_synthetic=False,
+FAST = dict(epochs=2, val_interval=1, num_workers=0, batch_size=8, warmup_epochs=0,
             pretrained_ckpt="scratch")
 
 
@@ -117,6 +117,6 @@ def test_classification_bundle_weighted_loss_sampler_history_and_confusion_pictu
     assert [e.step for e in events.Images("validation/confusion_matrix")] == [1, 2]
     # evaluation of the same folder leaves the training history alone
     run_bundle("vit_classification", "evaluate.json", "evaluating", bundle_root=str(tmp_path), dataset_dir=synth2d,
-               split="validation", use_synthetic=False, num_workers=0)
+               split="validation", num_workers=0)
     assert open(tmp_path / "eval" / "validation" / "history.csv").read().splitlines() == rows
     assert json.load(open(tmp_path / "eval" / "validation" / "metrics.json"))["num_samples"] > 0

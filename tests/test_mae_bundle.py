@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO, bundle_config, bundle_configs, run_bundle
 
-FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, use_synthetic=False, max_items=12)
+FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, max_items=12)
 
 
 def test_train_2d_two_iterations(tmp_path, synth2d):
@@ -68,7 +68,7 @@ def test_loss_falls(tmp_path, synth2d):
 def test_cli_training_entry_point(tmp_path, synth2d):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", bundle_config("mae_pretrain", "train.json"),
            "--bundle_root", str(tmp_path), "--dataset_dir", synth2d, "--epochs", "1", "--epoch_length", "2",
-           "--num_workers", "0", "--batch_size", "4", "--use_synthetic", "False", "--max_items", "8",
+           "--num_workers", "0", "--batch_size", "4", "--max_items", "8",
            "--num_threads", "1"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -86,7 +86,7 @@ def test_missing_image_fails_clearly_before_training(tmp_path, synth2d):
     os.remove(d / dl["training"][3]["image"])
     r = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                         bundle_config("mae_pretrain", "train.json"), "--bundle_root", str(tmp_path), "--dataset_dir",
-                        str(d), "--use_synthetic", "False", "--epochs", "1", "--num_workers", "0"],
+                        str(d), "--epochs", "1", "--num_workers", "0"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
     assert "DatalistError" in r.stderr and dl["training"][3]["image"].split("/")[-1] in r.stderr
@@ -99,7 +99,7 @@ def test_compile_flag_compiles_in_place_and_checkpoints_stay_plain():
     "eager" backend here: tracing without code generation, so the test stays fast)."""
     from monai.bundle import ConfigParser
 
-    from medmae_ext.runtime import compiled
+    from medmae_ext.bundle.runtime import compiled
 
     for bundle, cfg in (("mae_pretrain", "train.json"), ("msmae_pretrain", "train_3d.json")):
         p = ConfigParser()

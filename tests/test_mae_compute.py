@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import reference_mae as ref
-from medmae_ext.losses import MAELoss
-from medmae_ext.masking import AttentionMasking, MaskPlan, RandomMasking
+from medmae_ext.training.losses import MAELoss
+from medmae_ext.networks.masking import AttentionMasking, MaskPlan, RandomMasking
 from medmae_ext.networks import MaskedAutoencoder, ViTClassifier, ViTEncoder
 
 
@@ -141,7 +141,7 @@ def test_loss_rejects_a_dense_output():
 
 
 def test_num_threads_knob():
-    from medmae_ext.runtime import set_num_threads
+    from medmae_ext.bundle.runtime import set_num_threads
 
     before = torch.get_num_threads()
     try:

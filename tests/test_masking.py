@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from medmae_ext.masking import AttentionMasking, RandomMasking, patch_counts
+from medmae_ext.networks.masking import AttentionMasking, RandomMasking, patch_counts
 
 
 def _is_partition(plan, n):

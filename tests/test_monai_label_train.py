@@ -4,17 +4,38 @@ directions; and MONAI Label detection. MONAI Label's own ``/train`` on the packe
 ``tests/test_monai_label_server.py``.
 """
 
-import torch
+import os
+
 import pytest
+import torch
 
 
-def test_importing_monailabel_is_not_running_under_it():
+def test_monai_label_session_is_told_by_the_items_alone(tmp_path, synth3d):
+    """What makes a run a MONAI Label-style session (fresh, its own resume folder, no synthetic data written) is that
+    its training items were given to it directly (MONAI Label overrides ``train#dataset#data``), decided by their
+    type -- not by who imported or called what (a test session that imported monailabel, a notebook)."""
     import importlib
 
-    from medmae_ext.serving import under_monai_label
+    from monai.bundle import ConfigParser
 
-    importlib.import_module("monailabel.tasks.train.bundle")
-    assert not under_monai_label(), "importing monailabel is not running under it"
+    from conftest import bundle_configs
+    from medmae_ext.data import Datalist
+    from medmae_ext.training.serving import data_supplied
+
+    importlib.import_module("monailabel.tasks.train.bundle")  # imported: changes nothing
+    assert data_supplied([{"image": "a.nii.gz", "label": "b.nii.gz"}]) and not data_supplied(Datalist())
+    p = ConfigParser()
+    p.read_config(bundle_configs("unetr_segmentation", "train.json"))
+    p["bundle_root"] = str(tmp_path)
+    p["data_path"] = os.path.join(synth3d, "datalist.json")
+    assert p.get_parsed_content("monai_label") is False and p.get_parsed_content("resume_dir").endswith("models")
+    p["train#dataset#data"] = [{"image": os.path.join(synth3d, "imagesTr", "ct_000.nii.gz"),
+                                "label": os.path.join(synth3d, "labelsTr", "ct_000.nii.gz")}]
+    p.parse(reset=True)
+    assert p.get_parsed_content("monai_label") is True
+    assert p.get_parsed_content("resume_dir") == os.path.join(str(tmp_path), "models", "monailabel")
+    assert p.get_parsed_content("trained_on") == "monailabel:" + os.path.join(synth3d, "imagesTr")
+    assert not os.path.exists(tmp_path / "data"), "no synthetic set is written for a session on given items"
 
 
 def test_served_model_is_replaced_only_by_a_better_one(tmp_path):
@@ -24,8 +45,8 @@ def test_served_model_is_replaced_only_by_a_better_one(tmp_path):
     from monai.handlers import from_engine
     from ignite.metrics import Average
 
-    from medmae_ext.checkpoints import BestModelSaver, finite_greater
-    from medmae_ext.serving import EndOfRunValidation, ServedModelBaseline
+    from medmae_ext.training.checkpoints import BestModelSaver, finite_greater
+    from medmae_ext.training.serving import EndOfRunValidation, ServedModelBaseline
 
     net = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.constant_(net.weight, 1.0)

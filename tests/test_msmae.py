@@ -7,14 +7,14 @@ import torch
 from conftest import run_bundle
 from monai.transforms import Compose, RandFlipd, RandScaleCropd, Resized
 
-from medmae_ext.attention import AttentionCache, lesion_coverage
+from medmae_ext.training.attention import AttentionCache, lesion_coverage
 from medmae_ext.data import lesion_batch
-from medmae_ext.engines import MAEPrepareBatch
-from medmae_ext.handlers import AttentionRefresher
-from medmae_ext.losses import MAELoss
-from medmae_ext.masking import AttentionMasking, RandomMasking
+from medmae_ext.training.engines import MAEPrepareBatch
+from medmae_ext.training.attention import AttentionRefresher
+from medmae_ext.training.losses import MAELoss
+from medmae_ext.networks.masking import AttentionMasking, RandomMasking
 from medmae_ext.networks import MaskedAutoencoder
-from medmae_ext.transforms import AttachAttentiond
+from medmae_ext.data.transforms import AttachAttentiond
 
 
 def test_attention_map_follows_random_crop_and_flip():
@@ -38,7 +38,7 @@ def test_attention_map_follows_random_crop_and_flip():
         r, c = rng.integers(2, 6, size=2)  # hot patch kept inside any 50% crop's reach
         grid = torch.zeros(8, 8)
         grid[r, c] = 1.0
-        cache.maps = {"s": grid}
+        cache.store({"s": grid})
         image = torch.zeros(1, size, size)
         image[0, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = 1.0
         pipeline.set_random_state(seed=trial)
@@ -60,7 +60,7 @@ def test_attach_attention_without_cache_is_a_no_op_and_errors_name_the_sample():
     cache = AttentionCache()
     t = AttachAttentiond(cache)
     assert "attn" not in t({"image": torch.zeros(1, 16, 16), "id": "a"})
-    cache.maps = {"a": torch.ones(4, 4)}
+    cache.store({"a": torch.ones(4, 4)})
     assert t({"image": torch.zeros(1, 16, 16), "id": "a"})["attn"].shape == (1, 16, 16)
     import pytest
 
@@ -72,9 +72,9 @@ def test_attach_attention_without_cache_is_a_no_op_and_errors_name_the_sample():
 
 def test_refresh_schedule():
     r = AttentionRefresher(AttentionCache(), dataloader=[], start_epoch=40, interval=40)
-    r.cache.maps = {"x": torch.zeros(1)}
+    r.cache.store({"x": torch.zeros(1)})
     assert [e for e in range(130) if r.due(e)] == [40, 80, 120]
-    r.cache.maps = {}
+    r.cache = AttentionCache()
     assert r.due(57) and not r.due(12)  # resumed past the start with an empty cache: refresh at once
 
 
@@ -112,7 +112,7 @@ def test_learned_attention_masks_the_lesion():
     assert ratios[1] > 1.4
 
 
-FAST = dict(epochs=3, epoch_length=2, num_workers=0, batch_size=4, use_synthetic=False, max_items=12,
+FAST = dict(epochs=3, epoch_length=2, num_workers=0, batch_size=4, max_items=12,
             attention_start_epoch=1, attention_interval=1)
 
 
@@ -151,3 +151,49 @@ def test_masked_finetuning_forward_cuts_flops():
         flops.append(c.get_total_flops())
     assert plan.visible.shape[1] == 16
     assert 0.2 < flops[1] / flops[0] < 0.3  # ~75% fewer FLOPs; the patch embedding still runs on every patch
+
+
+def _attention_batches_per_epoch(tmp_path, synth2d, **override):
+    """Run msmae_pretrain and count, per epoch, the training batches that carry an attention map."""
+    import pytest
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    from conftest import bundle_configs
+
+    files = bundle_configs("msmae_pretrain", "train.json")
+    wf = ConfigWorkflow(config_file=files, bundle_root=str(tmp_path), dataset_dir=synth2d,
+                        **{**FAST, "epochs": 5, "attention_start_epoch": 1, **override})
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    counts: dict[int, int] = {}
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _count(engine):
+        counts[engine.state.epoch] = counts.get(engine.state.epoch, 0) + int("attn" in engine.state.batch)
+
+    wf.run()
+    wf.finalize()
+    if not counts:
+        pytest.fail("no iteration ran")
+    return [counts.get(e, 0) for e in range(1, 6)]
+
+
+def test_attention_reaches_dataloader_workers(tmp_path, synth2d):
+    """Issue 25 item 3: with DataLoader workers and an epoch_length shorter than the loader (ignite keeps the
+    iterator, so the workers live on) or persistent workers, the refreshed maps must reach the workers. Before the
+    shared-memory cache every batch of these runs was masked at random ([0, 0, 0, 0, 0])."""
+    cases = {
+        "no workers": dict(num_workers=0),
+        "2 workers, epoch_length 2 of 3 batches": dict(num_workers=2),
+        "2 persistent workers, whole epochs": {"num_workers": 2, "epoch_length": None,
+                                               "train#dataloader#persistent_workers": True},
+    }
+    for name, override in cases.items():
+        per_epoch = _attention_batches_per_epoch(tmp_path / name.replace(" ", "_").replace(",", ""), synth2d,
+                                                 **override)
+        print(name, per_epoch)
+        assert per_epoch[0] == 0, name  # before attention_start_epoch: random masking
+        iterations = 2 if override.get("epoch_length", 2) else 3  # 12 items, batches of 4
+        # from the third epoch on every batch carries attention (a batch prefetched before a refresh may not)
+        assert per_epoch[2:] == [iterations] * 3, (name, per_epoch)

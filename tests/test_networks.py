@@ -3,8 +3,8 @@ import torch
 from monai.networks.blocks import PatchEmbeddingBlock
 from monai.networks.nets import UNETR, ViT
 
-from medmae_ext.losses import MAELoss, MaskedPatchMSELoss
-from medmae_ext.masking import AttentionMasking, RandomMasking
+from medmae_ext.training.losses import MAELoss, MaskedPatchMSELoss
+from medmae_ext.networks.masking import AttentionMasking, RandomMasking
 from medmae_ext.networks import (
     MaskedAutoencoder, ViTClassifier, load_pretrained_encoder, patch_weights, patchify, unpatchify,
 )

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from conftest import run_bundle
-from medmae_ext.attention import AttentionCache
-from medmae_ext.masking import AttentionMasking, RandomMasking
+from medmae_ext.training.attention import AttentionCache
+from medmae_ext.networks.masking import AttentionMasking, RandomMasking
 from medmae_ext.networks import MaskedAutoencoder
-from medmae_ext.pictures import MASKED_RGB, THROWN_RGB, ReconstructionSaver, picture_items, reconstruction_panel
+from medmae_ext.outputs.pictures import MASKED_RGB, THROWN_RGB, ReconstructionSaver, picture_items, reconstruction_panel
 
 SMALL = dict(in_channels=1, img_size=16, patch_size=4, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2,
              decoder_hidden_size=32, decoder_mlp_dim=64, decoder_num_layers=1, decoder_num_heads=2)
@@ -68,7 +68,7 @@ def test_msmae_pictures_draw_masks_from_attention_and_overlay_it():
     saver = ReconstructionSaver("unused", dataset=[{"image": torch.rand(1, 16, 16)}], attention_cache=cache)
     _, labels = saver.picture(net, "cpu")
     assert labels[-1] == "reconstruction"  # before the first attention refresh: random masking, no map
-    cache.maps["x"] = torch.zeros(4, 4)
+    cache.store({"x": torch.zeros(4, 4)})
     panel, labels = saver.picture(net, "cpu")
     assert labels[-1] == "attention" and panel.shape[1] == 4 * 16 + 3
 
@@ -87,7 +87,7 @@ def test_mae_bundle_pictures_come_from_the_validation_images(tmp_path, synth2d):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     wf = run_bundle("mae_pretrain", "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, epochs=1,
-                    epoch_length=1, batch_size=4, num_workers=0, use_synthetic=False, max_items=8)
+                    epoch_length=1, batch_size=4, num_workers=0, max_items=8)
     shown = {os.path.basename(it["image"]) for it in wf.parser.get_parsed_content("pictures#items")}
     validation = {os.path.basename(it["image"]) for it in json.load(open(f"{synth2d}/datalist.json"))["validation"]}
     assert len(shown) == 4 and shown <= validation

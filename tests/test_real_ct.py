@@ -9,14 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, bundle_config, run_bundle
+from conftest import raised, REPO, bundle_config, run_bundle
 
 CT = os.path.join(os.path.dirname(REPO), "shared", "data", "ct")
 pytestmark = pytest.mark.skipif(not os.path.isdir(CT), reason="../shared/data/ct is not present")
 B = "unetr_segmentation"
 # 3 mm resampling and feature_size 8 keep a CPU sliding-window pass to seconds; what is tested (grid, affine,
 # orientation, names) does not depend on either
-SMALL = {"pixdim": [3.0, 3.0, 3.0], "network_def#feature_size": 8, "num_workers": 0}
+SMALL = {"pixdim": [3.0, 3.0, 3.0], "feature_size": 8, "num_workers": 0}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def unetr_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("unetr_ct")
     p = ConfigParser()
     p.read_config(bundle_config(B, "inference.json"))
-    p.update({"bundle_root": ".", "network_def#feature_size": 8})
+    p.update({"bundle_root": ".", "feature_size": 8})
     torch.manual_seed(0)
     os.makedirs(root / "models")
     torch.save(p.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
@@ -102,18 +102,26 @@ def test_dicom_series_is_a_datalist_image_whose_label_is_checked_on_its_grid(tmp
 
 
 def test_pretraining_reads_real_volumes_a_dicom_series_and_thin_mri(tmp_path):
-    """The 3D pretraining bundle on a folder of real volumes (int32 / int16 CT, a 20-slice MRI) and a DICOM series
-    listed in a datalist: the thin ones are padded to the 64^3 crop."""
-    dl = {"training": [{"image": os.path.join(CT, "example_ct_dicom")}, {"image": os.path.join(CT, "example_mr_sm.nii.gz")}]}
-    json.dump(dl, open(tmp_path / "dl.json", "w"))
+    """The 3D pretraining bundle on a folder of real CT volumes (int32 / int16) and a DICOM series listed in a
+    datalist, and on the 20-slice MRI with --modality MR: the thin ones are padded to the 64^3 crop. The MRI in the
+    CT folder stops the CT run, naming it (the HU window would clip 40% of it to 1)."""
+    from medmae_ext.errors import InputError
+
     fast = dict(epochs=1, batch_size=2, num_samples=1, num_workers=0, picture_interval=100)
+    dl = {"training": [{"image": os.path.join(CT, "example_ct_dicom")}, {"image": os.path.join(CT, "example_ct.nii.gz")}]}
+    json.dump(dl, open(tmp_path / "dl.json", "w"))
     wf = run_bundle("mae_pretrain", "train_3d.json", bundle_root=str(tmp_path / "a"), data_path=str(tmp_path / "dl.json"),
                     **fast)
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 1
-    wf = run_bundle("mae_pretrain", "train_3d.json", bundle_root=str(tmp_path / "b"), data_format="images",
-                    data_path=CT, data_kwargs={"pattern": "*"}, **fast)
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    assert trainer.state.iteration == 2 and torch.isfinite(torch.as_tensor(trainer.state.output["loss"]))
+    mr = {"training": [{"image": os.path.join(CT, "example_mr_sm.nii.gz")}] * 1}
+    json.dump(mr, open(tmp_path / "mr.json", "w"))
+    wf = run_bundle("mae_pretrain", "train_3d.json", bundle_root=str(tmp_path / "mr"), data_path=str(tmp_path / "mr.json"),
+                    modality="MR", **{**fast, "batch_size": 1})
+    assert torch.isfinite(torch.as_tensor(wf.parser.get_parsed_content("train#trainer").state.output["loss"]))
+    with pytest.raises(Exception) as info:
+        run_bundle("mae_pretrain", "train_3d.json", bundle_root=str(tmp_path / "b"), data_format="images",
+                   data_path=CT, data_kwargs={"pattern": "*"}, **fast)
+    assert "example_mr_sm.nii.gz' does not look like a CT" in raised(info, InputError)
 
 
 def _clinical_copy(series, dst):

@@ -80,7 +80,7 @@ def test_same_pixels_same_prediction_whichever_reader(tmp_path, npz):
 def test_validation_reports_accuracy_f1_recall_and_warns_on_one_class(tmp_path, npz):
     from types import SimpleNamespace
 
-    from medmae_ext.reports import ClassificationReport
+    from medmae_ext.outputs.reports import ClassificationReport
 
     wf = run_bundle(B, "train.json", bundle_root=str(tmp_path), data_format="medmnist", data_path=str(npz / "toy.npz"),
                     class_names=["normal", "pneumonia"], **FAST)
@@ -94,7 +94,7 @@ def test_validation_reports_accuracy_f1_recall_and_warns_on_one_class(tmp_path, 
     engine = SimpleNamespace(state=SimpleNamespace(metrics={}, output=[
         {"pred": torch.tensor(p), "label": torch.tensor(y)} for p, y in zip(probs, [[1, 0], [0, 1], [1, 0], [0, 1]])]))
     rep._collect(engine)
-    with captured_warnings("medmae_ext.reports") as said:
+    with captured_warnings("medmae_ext.outputs.reports") as said:
         m = rep(engine)
     assert m["mean_auc"] == 1.0 and m["per_class"]["normal"]["recall"] == 0.0 and m["accuracy"] == 0.5
     assert any("predicts 'pneumonia' for all 4 samples" in s for s in said)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO, bundle_config, captured_warnings, initial_weights, raised, run_bundle
 
-from medmae_ext.checkpoints import RunMismatchError
+from medmae_ext.training.checkpoints import RunMismatchError
 
 B = "vit_classification"
 FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, val_interval=1, warmup_epochs=0)
@@ -80,12 +80,12 @@ def test_resume_refuses_another_run_and_a_finished_one(tmp_path, synth2d, mae_ck
     wf = run_bundle(B, "train.json", pretrained_ckpt="scratch", resume=False, **kw)  # fresh, when asked
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
     prev = glob.glob(str(tmp_path / "models" / "previous" / "*"))
-    assert len(prev) == 1 and sorted(os.listdir(prev[0])) == ["checkpoint_1.pt", "checkpoint_2.pt", "model.pt"]
+    assert len(prev) == 1 and sorted(os.listdir(prev[0])) == ["checkpoint_1.pt", "checkpoint_2.pt", "metadata.json", "model.pt"]
     assert torch.load(tmp_path / "models" / "checkpoint_1.pt", weights_only=True)["run"]["init"] == "scratch"
 
 
 def test_pruning_stays_within_the_run_and_resume_never_loads_an_older_run(tmp_path, synth2d):
-    from medmae_ext.checkpoints import AtomicCheckpointSaver
+    from medmae_ext.training.checkpoints import AtomicCheckpointSaver
     from ignite.engine import Engine
 
     models = tmp_path / "models"
@@ -127,7 +127,7 @@ def test_a_partial_encoder_is_an_error_unless_allowed(tmp_path, synth2d, mae_ckp
     assert torch.equal(deep.encoder.blocks[5].mlp.linear1.weight, ck["encoder.blocks.5.mlp.linear1.weight"])
     with pytest.raises(Exception) as info:  # through the bundle: the config id is named
         run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, pretrained_ckpt=mae_ckpt,
-                   **{"network_def#num_layers": 12}, **FAST)
+                   **{"num_layers": 12}, **FAST)
     assert "allow_partial_encoder" in raised(info, ValueError)
 
 
@@ -146,7 +146,7 @@ def test_unetr_refuses_a_partial_encoder(tmp_path_factory):
 
 
 def test_schedules_longer_than_the_run_are_warned(tmp_path, synth2d):
-    from medmae_ext.checks import warn_short_schedule
+    from medmae_ext.bundle.checks import warn_short_schedule
 
     assert warn_short_schedule(10, warmup_epochs=3, val_interval=10) == []
     msgs = warn_short_schedule(10, warmup_epochs=10, val_interval=11)

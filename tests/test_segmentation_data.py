@@ -11,11 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, bundle_config, captured_warnings, exception_chain, run_bundle
+from conftest import REPO, bundle_config, bundle_configs, captured_warnings, exception_chain, run_bundle
 
 from medmae_ext.data import check_segmentation_items, label_lookup
 from medmae_ext.errors import ImageReadError, InputError, LabelError, headline
-from medmae_ext.transforms import RemapLabeld
+from medmae_ext.data.transforms import RemapLabeld
 
 NAMES = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney", "4": "aorta"}
 TS_V2 = {5: 1, 1: 2, 2: 3, 3: 3, 52: 4}  # TotalSegmentator v2 ids -> liver, spleen, kidney (both), aorta
@@ -133,8 +133,8 @@ def _atlas_set(tmp_path):
 
 FAST = dict(epochs=1, val_interval=1, warmup_epochs=0, num_workers=0, batch_size=1, num_samples=1,
             roi_size=[16, 16, 16], pixdim=[1.5, 1.5, 2.0], pretrained_ckpt="scratch", resume=False)
-FAST_NET = {"network_def#feature_size": 8, "network_def#hidden_size": 48, "network_def#mlp_dim": 96,
-            "network_def#num_heads": 2}
+FAST_NET = {"feature_size": 8, "hidden_size": 48, "mlp_dim": 96,
+            "num_heads": 2}
 
 
 def test_raw_atlas_labels_stop_the_bundle_before_training_and_label_map_trains(tmp_path):
@@ -151,18 +151,20 @@ def test_raw_atlas_labels_stop_the_bundle_before_training_and_label_map_trains(t
     assert trainer.state.iteration == 2 and os.path.isfile(root / "models" / "model.pt")
     val = wf.parser.get_parsed_content("validate#dataset")[0]["label"]
     assert sorted(torch.unique(val).tolist()) == [0, 1, 2, 3, 4]  # 117 dropped, kidney from id 3 (this volume)
-    assert "label_map [(1, 2), (2, 3), (3, 3), (5, 1), (52, 4)]" in wf.parser.get_parsed_content("run_identity").data
-    # evaluation reads the same map; another map is another run (resume refuses it)
-    ev = run_bundle("unetr_segmentation", "evaluate.json", run_id="evaluating", bundle_root=str(root), data_path=dl,
-                    label_map=TS_V2, roi_size=[16, 16, 16], **FAST_NET)
+    record = json.load(open(root / "models" / "metadata.json"))["medmae_run"]["settings"]
+    assert record["label_map"] == {str(k): v for k, v in TS_V2.items()}
+    # evaluation reads the same map (and the sizes) from the run record: no flag repeated
+    ev = run_bundle("unetr_segmentation", "evaluate.json", run_id="evaluating", bundle_root=str(root), data_path=dl)
     assert ev.parser.get_parsed_content("evaluator").state.metrics["mean_dice"] >= 0
-    from medmae_ext.checkpoints import RunMismatchError
+    assert ev.parser.get_parsed_content("label_map") == {str(k): v for k, v in TS_V2.items()}
+    # another map is another run (resume refuses it, naming the setting)
+    from medmae_ext.training.checkpoints import RunMismatchError
 
     with pytest.raises(Exception) as info:
         run_bundle("unetr_segmentation", "train.json", bundle_root=str(root), data_path=dl,
                    label_map={**TS_V2, 117: 4}, **{**FAST, "resume": True, "epochs": 2}, **FAST_NET)
     mismatch = [x for x in exception_chain(info.value) if isinstance(x, RunMismatchError)]
-    assert mismatch and "label_map" in str(mismatch[0])
+    assert mismatch and "label_map: checkpoint has" in str(mismatch[0])
 
 
 
@@ -204,7 +206,7 @@ def test_an_unreadable_file_is_the_first_and_last_line_a_user_reads(tmp_path, sy
     _truncated_copy(data / bad, data / bad)
     root = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-                        bundle_config(bundle, config), "--bundle_root", str(root), "--dataset_dir", str(data),
+                        str(bundle_configs(bundle, config)), "--bundle_root", str(root), "--dataset_dir", str(data),
                         "--epochs", "1", "--num_workers", "0", "--pretrained_ckpt", "scratch"][: None if bundle in (
                             "vit_classification", "unetr_segmentation") else -2],
                        cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -15,7 +15,7 @@ import torch
 from conftest import BUNDLES, bundle_config, initial_weights, run_bundle
 
 B = "unetr_segmentation"
-FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=1, num_samples=2, use_synthetic=False, val_interval=1,
+FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=1, num_samples=2, val_interval=1,
             sw_batch_size=4)
 
 
@@ -53,7 +53,7 @@ def _initial_unetr(synth3d, seed):
     p = ConfigParser()
     p.read_config(bundle_config(B, "train.json"))
     p.update({"bundle_root": ".", "pretrained_ckpt": None, "device": "$torch.device('cpu')", "seed": seed,
-              "use_synthetic": False, "dataset_dir": synth3d})
+              "dataset_dir": synth3d})
     p.get_parsed_content("initialize")  # set_determinism(seed=@seed), as the workflow does before building
     return p.get_parsed_content("network").state_dict()
 
@@ -78,10 +78,12 @@ def test_train_two_iterations_and_best_model(trained):
 def test_evaluate_reports_dice_per_case(trained, synth3d):
     root, _ = trained
     run_bundle(B, "evaluate.json", run_id="evaluating", bundle_root=str(root), dataset_dir=synth3d,
-               use_synthetic=False, num_workers=0)
-    rows = list(csv.reader(open(root / "eval" / "validation" / "mean_dice_raw.csv"), delimiter="\t"))
+               num_workers=0)
+    rows = list(csv.reader(open(root / "eval" / "validation" / "dice_per_item.csv")))
+    assert rows[0] == ["item", "liver", "spleen", "kidney", "aorta", "mean"]  # organs by name, background excluded
     assert len(rows) == 1 + 2  # header + the two validation volumes
-    assert os.path.isfile(root / "eval" / "validation" / "metrics.csv")
+    metrics = json.load(open(root / "eval" / "validation" / "metrics.json"))
+    assert metrics["split"] == "validation" and metrics["background"] == "excluded"
 
 
 def test_inference_writes_label_maps(trained, synth3d, tmp_path):
@@ -101,7 +103,7 @@ def test_inference_writes_label_maps(trained, synth3d, tmp_path):
 def test_mismatched_pretrained_encoder_is_reported(tmp_path, synth3d, mae3d_ckpt):
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth3d, pretrained_ckpt=mae3d_ckpt,
-                   **{**FAST, "network_def#hidden_size": 192, "network_def#num_heads": 4})
+                   **{**FAST, "hidden_size": 192, "num_heads": 4})
     chain, e = [], info.value
     while e is not None:
         chain.append(str(e))

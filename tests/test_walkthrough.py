@@ -23,10 +23,12 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "
 
 
 def _repo_copy(tmp_path):
-    """The bundles and scripts in a fresh folder next to a link to ../shared, as a developer's checkout has them."""
+    """The bundles, scripts and medmae_ext in a fresh folder next to a link to ../shared, as a developer's checkout
+    has them (``python -m monai.bundle`` run there imports that medmae_ext, whose bundles are the copy's)."""
     repo = tmp_path / "repo"
     shutil.copytree(BUNDLES, repo / "bundles", ignore=shutil.ignore_patterns("data", "models", "eval", "logs", "runs"))
     shutil.copytree(os.path.join(REPO, "scripts"), repo / "scripts")
+    shutil.copytree(os.path.join(REPO, "medmae_ext"), repo / "medmae_ext", ignore=shutil.ignore_patterns("__pycache__"))
     os.symlink(SHARED, tmp_path / "shared")
     return repo
 

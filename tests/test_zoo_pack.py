@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, place_trained_weights
 
 SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
 CHECKS = os.path.join(REPO, "tests", "zoo_checks.py")
@@ -76,7 +76,7 @@ def _alone(packed, where):
 @pytest.mark.skipif(not os.path.isfile(SCHEMA), reason="../shared/monai/meta_schema_20240725.json is not present")
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
 def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
-    from medmae_ext.workflow import config_files
+    from medmae_ext.bundle.workflow import config_files
 
     spec = BUNDLES[bundle]
     # 1. pack without weights; train one iteration of every training config inside the bundle copied alone
@@ -173,26 +173,9 @@ def _repo_copy(where) -> str:
 
 
 def _place_weights(root: str, bundle: str, config: str) -> None:
-    """``models/[3d/]model.pt`` of ``config``'s network as initialised, with the metadata.json a finished run on the
+    """``models/[3d/]model.pt`` of ``config``'s network as initialised, with the run record a finished run on the
     synthetic default writes (``trained_on``: synthetic): what a training run leaves, in a second."""
-    from monai.bundle import ConfigParser
-
-    from medmae_ext.metadata import write_run_metadata
-    from medmae_ext.workflow import config_files
-
-    p = ConfigParser()
-    p.read_config(config_files(os.path.join(root, "bundles", bundle, "configs"), config))
-    p.read_meta(os.path.join(root, "bundles", bundle, "configs", "metadata.json"))
-    p["bundle_root"] = os.path.join(root, "bundles", bundle)
-    ckpt_dir = p.get_parsed_content("ckpt_dir")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(p.get_parsed_content("network_def").state_dict(), os.path.join(ckpt_dir, "model.pt"))
-    size = p.get_parsed_content("img_size" if "img_size" in p else "roi_size")
-    classes = p.get_parsed_content("class_names") if "class_names" in p else None
-    overrides = p.get_parsed_content("run_metadata_overrides") if "run_metadata_overrides" in p else None
-    write_run_metadata(p.get_parsed_content("_meta_"), os.path.join(ckpt_dir, "metadata.json"),
-                       p.get_parsed_content("in_channels"), size, classes, trained_on="synthetic", overrides=overrides)
+    place_trained_weights(os.path.join(root, "bundles", bundle), bundle, config)
 
 
 def _readme_block(root: str, heading: str, readme: str = "README.md") -> str:
@@ -219,7 +202,7 @@ def test_pack_refuses_weights_of_other_data_without_a_data_license(tmp_path):
     _place_weights(root, "vit_classification", "train.json")
     models = os.path.join(root, "bundles", "vit_classification", "models")
     meta = json.load(open(os.path.join(models, "metadata.json")))
-    meta["trained_on"] = "chestxray14:/data/cxr14/Data_Entry_2017.csv"
+    meta["medmae_run"]["trained_on"] = "chestxray14:/data/cxr14/Data_Entry_2017.csv"
     json.dump(meta, open(os.path.join(models, "metadata.json"), "w"))
     r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist"],
                        cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
@@ -231,7 +214,7 @@ def test_pack_refuses_weights_of_other_data_without_a_data_license(tmp_path):
     os.remove(os.path.join(models, "metadata.json"))  # weights whose run never finished: refused, named
     r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist"],
                        cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "metadata.json is missing" in r.stderr
+    assert r.returncode != 0 and "metadata.json is missing or holds no run record" in r.stderr
 
 
 @pytest.mark.parametrize("bundle", ["mae_pretrain", "msmae_pretrain"])

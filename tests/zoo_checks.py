@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 def _configs(spec: str) -> list[str]:
     """``a.json+b.json``: those files merged; an override alone (``train_3d.json``, ``evaluate.json``) on its base."""
-    from medmae_ext.workflow import config_files
+    from medmae_ext.bundle.workflow import config_files
 
     return config_files(os.path.join(ROOT, "configs"), spec.split("+"))
 

@@ -50,11 +50,11 @@ def cached_dataset(data, transform, cache: str = "memory", cache_dir: str | None
                    config_id: str = "dataset_cache", shard: dict | None = None):
     """A MONAI dataset over ``data`` that keeps the deterministic transforms' output as ``cache`` says (module doc).
 
-    ``shard`` (the multi-GPU configs set it): keyword arguments of :func:`medmae_ext.distributed.shard_items`; the
+    ``shard`` (the multi-GPU configs set it): keyword arguments of :func:`medmae_ext.training.distributed.shard_items`; the
     dataset then holds this rank's shard of ``data`` only (``dataset.data``). ``data`` itself stays the whole list,
     so whoever overrides it (MONAI Label's ``train#dataset#data``) still gets sharded, never replaced."""
     if shard is not None:
-        from ..distributed import shard_items
+        from ..training.distributed import shard_items
 
         data = shard_items(data, **shard)
     if cache not in CACHE_KINDS:

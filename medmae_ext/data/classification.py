@@ -15,11 +15,11 @@ import re
 
 import numpy as np
 
-from .readers import DatalistError, check_files, image_list, load_datalist, load_medmnist_npz
+from .readers import Datalist, DatalistError, check_files, image_list, load_datalist, load_medmnist_npz
 
 __all__ = [
     "CHESTXRAY14_CLASSES", "HAM10000_CLASSES", "split_items", "select_split", "spread_items", "chestxray14_csv", "ham10000_csv", "messidor2_csv",
-    "image_folder", "classification_datalist", "dataset_items", "check_labels",
+    "image_folder", "dataset_items", "check_labels", "folder_classes", "match_folders", "class_names_for", "label_source",
 ]
 
 CHESTXRAY14_CLASSES = [
@@ -204,14 +204,48 @@ def messidor2_csv(csv_path: str, image_dir: str, split: str = "training", seed: 
     return split_items(items, split, seed=seed, group_key=key)
 
 
+def folder_classes(root: str) -> list[str]:
+    """The class sub-folders of an ``image_folder`` set, sorted (of ``Training/`` when the set has one)."""
+    if not os.path.isdir(root):
+        raise DatalistError(f"image folder not found: {root}")
+    sub = {d.lower(): d for d in os.listdir(root)}
+    if "training" in sub and "testing" in sub:
+        root = os.path.join(root, sub["training"])
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+
+
+def match_folders(root: str, class_names) -> list[str]:
+    """The sub-folder of ``root`` for each name of ``class_names``, in that order (label k = the k-th name), matched
+    case-insensitively; stops naming both lists when they are not the same set of classes."""
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    by_lower = {}
+    for d in folders:
+        by_lower.setdefault(d.lower(), []).append(d)
+    names = [str(n) for n in class_names]
+    clash = [v for v in by_lower.values() if len(v) > 1]
+    missing = [n for n in names if n.lower() not in by_lower]
+    extra = [d for d in folders if d.lower() not in {n.lower() for n in names}]
+    if clash or missing or extra or len({n.lower() for n in names}) != len(names):
+        raise DatalistError(
+            f"{root}: class_names {names} do not match its class folders {folders}"
+            + (f" (no folder for {missing})" if missing else "") + (f" (folders not in class_names: {extra})" if extra
+                                                                    else "")
+            + (f" (folders differing only in case: {clash})" if clash else "")
+            + ". With data_format 'folder' the labels are the folders: leave --class_names out to use the folder "
+              "names, or give one name per folder (any order: label k is the folder named class_names[k]).")
+    return [by_lower[n.lower()][0] for n in names]
+
+
 def image_folder(root: str, split: str = "training", classes: list[str] | None = None, seed: int = 0,
                  group_pattern: str | None = None, split_by: str | None = None) -> list[dict]:
     """One sub-folder per class (e.g. the brain-tumour MRI set: ``glioma/ meningioma/ notumor/ pituitary/``).
     If ``root`` has ``Training/`` and ``Testing/`` folders, ``Testing`` is the test split and ``validation`` a seeded
     15% of ``Training``'s patients.
 
-    Splits are by patient: ``group_pattern`` is a regex whose first group finds the patient id in a file name (e.g.
-    ``"^(\\w+?)_"`` for ``P001_left.png``); a folder set without patient ids needs ``split_by="image"``, said
+    ``classes`` (the config id ``class_names``): label ``k`` is the folder named ``classes[k]`` (case-insensitive);
+    names that are not exactly the folders stop the run (:func:`match_folders`). Without it, the sorted folder
+    names. Splits are by patient: ``group_pattern`` is a regex whose first group finds the patient id in a file name
+    (e.g. ``"^(\\w+?)_"`` for ``P001_left.png``); a folder set without patient ids needs ``split_by="image"``, said
     explicitly, or it stops with an error (see :func:`_group_by`)."""
     if not os.path.isdir(root):
         raise DatalistError(f"image folder not found: {root}")
@@ -222,14 +256,12 @@ def image_folder(root: str, split: str = "training", classes: list[str] | None =
         items = image_folder(os.path.join(root, sub["training"]), "all", classes, seed)
         key = _group_by(items, root, None, group_pattern, split_by)
         return split_items(items, split, 0.15, 0.0, seed, key)
-    classes = classes or sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
+    folders = match_folders(root, classes) if classes else folder_classes(root)
+    if not folders:
         raise DatalistError(f"{root} has no class sub-folders")
     items = []
-    for k, c in enumerate(classes):
+    for k, c in enumerate(folders):
         cdir = os.path.join(root, c)
-        if not os.path.isdir(cdir):
-            raise DatalistError(f"class folder not found: {cdir}")
         for f in sorted(os.listdir(cdir)):
             if f.lower().endswith(IMAGE_EXTS):
                 items.append({"image": os.path.join(cdir, f), "label": k, "id": f"{c}/{f}"})
@@ -241,8 +273,30 @@ def image_folder(root: str, split: str = "training", classes: list[str] | None =
     return split_items(items, split, seed=seed, group_key=key)
 
 
+def class_names_for(data_format: str, data_path: str, settings) -> list[str]:
+    """Default ``class_names``: the recorded ones when ``settings`` (a :class:`~medmae_ext.bundle.record.Settings`)
+    come from a trained model's record; else, for ``data_format`` 'folder', the folder names; else the config's."""
+    if "class_names" in getattr(settings, "recorded", {}):
+        return list(settings["class_names"])
+    if data_format == "folder":
+        return folder_classes(data_path)
+    return list(settings["class_names"])
+
+
+def label_source(data_format: str, data_path: str, class_names) -> str:
+    """Where the class labels come from and how they map to ``class_names`` (for the run record)."""
+    names = [str(n) for n in class_names]
+    if data_format == "folder":
+        root = os.path.join(data_path, "Training") if os.path.isdir(os.path.join(data_path, "Training")) else data_path
+        folders = match_folders(root, names)
+        return f"folder names under {os.path.abspath(data_path)}: " + ", ".join(
+            f"{f}/ -> {k} {n}" for k, (f, n) in enumerate(zip(folders, names)))
+    return (f"label values of data_format '{data_format}' ({os.path.abspath(str(data_path))}); names from config id "
+            "class_names: " + ", ".join(f"{k} = {n}" for k, n in enumerate(names)))
+
+
 def dataset_items(data_format: str, path: str, split: str = "training", max_items: int | None = None,
-                  **kwargs) -> list[dict]:
+                  class_names=None, **kwargs) -> list[dict]:
     """One entry point for every bundle config (``data_format`` / ``data_path`` / ``data_kwargs`` config ids):
 
     * ``datalist`` -- decathlon-style JSON with ``training``/``validation``/``test`` sections (synthetic default);
@@ -258,6 +312,10 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
     ``training`` the rest, so that choosing the checkpoint on ``validation`` never looks at the reader's own
     validation split, which ``evaluate.json`` can then score untouched (run it without ``select_frac``).
     ``select_seed`` (default 0) seeds the cut; ``test`` is unchanged.
+
+    ``class_names`` (the bundles pass theirs) names the classes of a 'folder' set (:func:`image_folder`); the other
+    formats carry class indices and ignore it. The result is a :class:`~medmae_ext.data.readers.Datalist` (a list
+    that knows it was read by the bundle, as opposed to items a caller such as MONAI Label gives directly).
     """
     select_frac = float(kwargs.pop("select_frac", 0.0) or 0.0)
     select_seed = int(kwargs.pop("select_seed", 0))
@@ -265,21 +323,21 @@ def dataset_items(data_format: str, path: str, split: str = "training", max_item
         if not 0.0 < select_frac < 1.0:
             raise DatalistError(f"data_kwargs 'select_frac' must be in (0, 1), got {select_frac}")
         if split not in ("training", "validation"):
-            return dataset_items(data_format, path, split, max_items, **kwargs)
-        train = dataset_items(data_format, path, "training", None, **kwargs)
-        return spread_items(select_split(train, split, select_frac, select_seed, source=path), max_items)
+            return dataset_items(data_format, path, split, max_items, class_names, **kwargs)
+        train = dataset_items(data_format, path, "training", None, class_names, **kwargs)
+        return Datalist(spread_items(select_split(train, split, select_frac, select_seed, source=path), max_items))
     readers = {
         "datalist": lambda: load_datalist(path, split, is_segmentation=None, **kwargs),
         "medmnist": lambda: load_medmnist_npz(path, split, **kwargs),
         "chestxray14": lambda: chestxray14_csv(path, split=split, **kwargs),
         "ham10000": lambda: ham10000_csv(path, split=split, **kwargs),
         "messidor2": lambda: messidor2_csv(path, split=split, **kwargs),
-        "folder": lambda: image_folder(path, split, **kwargs),
+        "folder": lambda: image_folder(path, split, **{"classes": class_names, **kwargs}),
         "images": lambda: image_list(path, **kwargs),
     }
     if data_format not in readers:
         raise DatalistError(f"unknown data_format {data_format!r}: use one of {sorted(readers)}")
-    return spread_items(readers[data_format](), max_items)
+    return Datalist(spread_items(readers[data_format](), max_items))
 
 
 def spread_items(items: list[dict], max_items: int | None) -> list[dict]:
@@ -326,11 +384,6 @@ def select_split(items: list[dict], split: str, frac: float, seed: int = 0, labe
         raise DatalistError(f"{source}: select_frac={frac} leaves no item for training")
     keep = (lambda i: i in in_val) if split == "validation" else (lambda i: i not in in_val)
     return [it for i, it in enumerate(items) if keep(i)]
-
-
-def classification_datalist(data_format: str, path: str, split: str = "training", **kwargs) -> list[dict]:
-    """:func:`dataset_items` (the name the classification configs of medmae 0.1 use)."""
-    return dataset_items(data_format, path, split, **kwargs)
 
 
 def check_labels(items: list[dict], num_classes: int, label_key: str = "label", multi_label: bool = False,

@@ -17,9 +17,16 @@ from monai.data import load_decathlon_datalist
 
 from ..errors import InputError
 
-__all__ = ["image_list", "is_dicom_series", "load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
+__all__ = ["Datalist", "image_list", "is_dicom_series", "load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
 
 PATH_KEYS = ("image", "label", "mask", "lesion")
+
+
+class Datalist(list):
+    """The items a bundle read itself from its ``data_format`` / ``data_path`` (every reader returns one). Items given
+    to a bundle directly -- MONAI Label overrides ``train#dataset#data`` with its datastore's labelled images -- are
+    a plain ``list``: :func:`medmae_ext.training.serving.data_supplied` tells them apart by this type alone, whoever
+    started the run."""
 
 
 class DatalistError(InputError):

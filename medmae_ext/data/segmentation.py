@@ -21,14 +21,26 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import ImageReadError, LabelError
-from .readers import DatalistError, load_datalist
+from .geometry import max_position_difference
+from .readers import Datalist, DatalistError, load_datalist
 
-__all__ = ["segmentation_items", "label_lookup", "map_label_ids", "check_segmentation_items", "AFFINE_ATOL"]
+__all__ = ["segmentation_items", "label_lookup", "map_label_ids", "check_segmentation_items", "AFFINE_ATOL",
+           "ORGAN_VOLUMES_ML", "organ_range"]
 
 logger = logging.getLogger(__name__)
 
 #: two grids are the same when their voxel-to-world affines (in the same storage order) agree to this (mm)
 AFFINE_ATOL = 1e-2
+
+#: plausible volume (mL) of a whole adult organ, by a word in its label name: a class far outside its range after
+#: ``label_map`` (an adrenal gland trained as "aorta", the stomach as "liver") is warned about. Above 2x the top is
+#: always suspect; below half the bottom only when the organ does not reach the edge of the volume (a field of view
+#: that cuts an organ leaves a part of it). Sources: adult CT volumetry ranges, rounded outward.
+ORGAN_VOLUMES_ML = {
+    "liver": (800, 3000), "spleen": (40, 1000), "kidney": (50, 400), "kidneys": (100, 800), "aorta": (10, 400),
+    "pancreas": (30, 200), "stomach": (50, 2000), "gallbladder": (5, 200), "adrenal": (1, 25), "esophagus": (5, 100),
+    "lung": (500, 4000), "heart": (300, 1500), "bladder": (20, 800), "prostate": (10, 120),
+}
 
 
 def segmentation_items(data_format: str, path: str, split: str = "training", max_items: int | None = None,
@@ -42,7 +54,7 @@ def segmentation_items(data_format: str, path: str, split: str = "training", max
             "'datalist' (a decathlon-style JSON whose items have 'image' and 'label' files)"
         )
     items = load_datalist(path, split, required_keys=("image", "label"), **kwargs)
-    return items[: int(max_items)] if max_items else items
+    return Datalist(items[: int(max_items)] if max_items else items)
 
 
 def _as_int(v, what: str) -> int:
@@ -114,10 +126,40 @@ def _canonical(shape, affine):
     return tuple(new_shape), new_aff
 
 
+def organ_range(name: str) -> tuple[float, float] | None:
+    """The :data:`ORGAN_VOLUMES_ML` range for a label name (``"kidney_left"`` -> kidney), or None."""
+    words = str(name).lower().replace("-", "_").replace(" ", "_").split("_")
+    for w in words:
+        if w in ORGAN_VOLUMES_ML:
+            return ORGAN_VOLUMES_ML[w]
+    return None
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return any(mask.take(i, axis=a).any() for a in range(mask.ndim) for i in (0, -1))
+
+
+def _volume_warnings(where: str, path: str, classes: np.ndarray, names: dict, voxel_ml: float) -> tuple[dict, list]:
+    """Per-class volume (mL) of one mapped label array, and the warnings for implausible ones."""
+    ids, counts = np.unique(classes, return_counts=True)
+    volumes = {int(c): float(n) * voxel_ml for c, n in zip(ids, counts) if c != 0}
+    out = []
+    for c, ml in volumes.items():
+        rng = organ_range(names.get(c, ""))
+        if rng is None:
+            continue
+        lo, hi = rng
+        if ml > 2 * hi or (ml < lo / 2 and not _touches_border(classes == c)):
+            out.append(f"{where}: class {c} '{names[c]}' is {ml:.1f} mL in {path}, far outside {lo}-{hi} mL for a "
+                       f"whole {names[c]}{' (and it does not reach the edge of the volume)' if ml < lo else ''}: is "
+                       "label_map written for this atlas (version)? Check the map against the atlas's id table.")
+    return volumes, out
+
+
 def check_segmentation_items(items: list[dict], label_names, label_map: Mapping | None = None,
                              in_channels: int | None = None, source: str = "datalist",
                              require_all_classes: bool = True, image_key: str = "image",
-                             label_key: str = "label") -> list[dict]:
+                             label_key: str = "label", organ_volumes: bool = True) -> list[dict]:
     """Check every item's label map against its image and the bundle's classes; returns ``items``.
 
     Per item (errors name the item, both files and the values): the label file and the image header can be read;
@@ -127,6 +169,11 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
     foreground exists, and (``require_all_classes``, the training split) every class of ``label_names`` occurs in
     some label -- a class never seen cannot be learnt and usually means a ``label_map`` for another atlas version;
     otherwise a warning. A ``label_map`` source id found in no label is warned about.
+
+    Each class's volume in mL per item (after ``label_map``) is logged as a min / median / max per class, and, with
+    ``organ_volumes`` (the bundles turn it off for the synthetic phantom, a 10 cm toy), a class far outside the range
+    its name implies (:data:`ORGAN_VOLUMES_ML`) is warned about, naming the item; so is an item whose label is all
+    background.
     """
     names = {int(k): v for k, v in dict(label_names).items()} if isinstance(label_names, Mapping) else dict(
         enumerate(label_names))
@@ -136,6 +183,7 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
             if lut is None else "extend label_map or fix the label file")
     present: set[int] = set()
     source_ids: set[int] = set()
+    per_class_ml: dict[int, list[float]] = {}
     for i, it in enumerate(items):
         img_path, lab_path = it.get(image_key), it.get(label_key)
         where = f"{source}: item {i} (id={it.get('id', '?')})"
@@ -155,9 +203,10 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
             raise LabelError(f"{where}: label {lab_path} has spatial shape {l_shape} but its image {img_path} has "
                              f"{i_shape}: the label must be drawn on (saved on the grid of) its own image")
         if not np.allclose(ci[1], cl[1], atol=AFFINE_ATOL):
-            diff = float(np.abs(ci[1] - cl[1]).max())
+            diff = max_position_difference(ci[0], ci[1], cl[1])
             raise LabelError(f"{where}: label {lab_path} and image {img_path} have the same shape but different "
-                             f"positions in space (affines differ by up to {diff:.4g} mm):\nimage affine\n"
+                             f"positions in space (the same voxel lies up to {diff:.4g} mm apart in the two files, at a "
+                             f"corner of the volume):\nimage affine\n"
                              f"{np.round(i_aff, 4)}\nlabel affine\n{np.round(l_aff, 4)}\nthe label must be saved on "
                              "the grid of its own image")
         values = np.unique(lab)
@@ -178,8 +227,20 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
                     f"{' ...' if outside.size > 20 else ''} outside the classes 0..{num_classes - 1} of label_names "
                     f"{names}: {hint}")
             present.update(ids.tolist())
+            classes = np.asarray(lab).reshape(l_shape).astype(np.int64)
         else:
             present.update(map_label_ids(ids, lut).tolist())
+            classes = map_label_ids(np.asarray(lab).reshape(l_shape).astype(np.int64), lut)
+        voxel_ml = abs(float(np.linalg.det(l_aff[:3, :3]))) / 1000.0
+        volumes, warnings = _volume_warnings(where, lab_path, classes, names, voxel_ml)
+        for c, ml in volumes.items():
+            per_class_ml.setdefault(c, []).append(ml)
+        if organ_volumes:
+            for w in warnings:
+                logger.warning(w)
+        if not volumes and require_all_classes:
+            logger.warning(f"{where}: label {lab_path} is all background after "
+                           f"{'label_map' if lut is not None else 'reading'}: this item teaches only background")
     if items and not present - {0}:
         raise LabelError(f"{source}: every label is background only"
                          f"{' after label_map ' + str(dict(label_map)) if lut is not None else ''} "
@@ -192,6 +253,10 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
             raise LabelError(f"{msg}: the network cannot learn a class it never sees. Fix label_map (another atlas "
                              "version?) or drop the class from label_names.")
         logger.warning(msg)
+    if per_class_ml:
+        logger.info(f"{source}: class volumes in mL over {len(items)} item(s) (min / median / max): " + "; ".join(
+            f"{names.get(c, c)} {min(v):.1f} / {float(np.median(v)):.1f} / {max(v):.1f}"
+            for c, v in sorted(per_class_ml.items())))
     if lut is not None and items:
         unused = sorted(int(k) for k in np.flatnonzero(lut).tolist() if k not in source_ids)
         if unused:

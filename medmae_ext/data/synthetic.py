@@ -225,3 +225,33 @@ def lesion_batch(n: int, size: int = 32, seed: int = 0, radius=(3.0, 4.5), contr
         images[i, 0][disc] += contrast
         lesions[i, 0][disc] = 1.0
     return images, labels, lesions
+
+
+def synthetic_datalist(out_dir: str, kind: str = "2d") -> str:
+    """The synthetic default's datalist (the default of the config id ``data_path``), written first when missing:
+    the set is made only when that default is actually read -- never for a run on other data or on items given
+    directly (MONAI Label). A synthetic set already in ``out_dir`` is used as it is, whatever its size (a test's
+    smaller set). Under ``torch.distributed`` the first process writes it while the others wait."""
+    import torch.distributed as dist
+
+    path = os.path.join(out_dir, "datalist.json")
+    try:
+        with open(path) as f:
+            if json.load(f).get("generator"):
+                return path
+    except (OSError, ValueError):
+        pass
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_rank() == 0:
+            make_synthetic_dataset(out_dir, kind)
+        dist.barrier()
+        return os.path.join(out_dir, "datalist.json")
+    return make_synthetic_dataset(out_dir, kind)
+
+
+def trained_on(data_source: str, dataset_dir: str) -> str:
+    """``"synthetic"`` when ``data_source`` (``"<data_format>:<absolute path>"``) is the synthetic default's datalist
+    in ``dataset_dir``, else ``data_source``: the run record's ``trained_on``, from which ``scripts/pack_bundle.py``
+    states the weights' data licence."""
+    default = "datalist:" + os.path.abspath(os.path.join(dataset_dir, "datalist.json"))
+    return "synthetic" if str(data_source) == default else str(data_source)

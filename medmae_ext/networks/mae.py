@@ -9,7 +9,7 @@ import torch.nn as nn
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from monai.networks.layers import trunc_normal_
 
-from ..masking import RandomMasking, patch_counts
+from .masking import RandomMasking, patch_counts
 from .patching import scatter_patches
 from .vit import Block, ViTEncoder, check_sincos_dim, init_mae_weights
 
@@ -32,8 +32,8 @@ class MaskedAutoencoder(nn.Module):
     CLS + visible + masked tokens (thrown ones are dropped), and only masked tokens are normalised and projected
     back to voxels. Attention runs through SDPA (see :class:`~.vit.Block`).
 
-    ``weights`` (one per patch) are handed to the masking strategy; :class:`~medmae_ext.masking.RandomMasking`
-    ignores them, :class:`~medmae_ext.masking.AttentionMasking` draws the mask from them.
+    ``weights`` (one per patch) are handed to the masking strategy; :class:`~medmae_ext.networks.masking.RandomMasking`
+    ignores them, :class:`~medmae_ext.networks.masking.AttentionMasking` draws the mask from them.
 
     Defaults are ViT-B/16 with a 384-dim, 8-layer decoder (Zhou et al.). The encoder's keys are ``encoder.*``;
     :mod:`medmae_ext.networks.weights` maps them to ``monai.networks.nets.ViT`` and ``UNETR``.

@@ -200,16 +200,17 @@ class ViTEncoder(nn.Module):
         """``[B, K, hidden]`` -> ``[B, 1 + K, hidden]`` with the CLS token first."""
         return torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
-    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Prepend the CLS token to ``tokens`` ``[B, K, hidden]`` and run the transformer; ``[B, 1 + K, hidden]``."""
+    def encode_tokens(self, tokens: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """Prepend the CLS token to ``tokens`` ``[B, K, hidden]`` and run the transformer; ``[B, 1 + K, hidden]``
+        (after the final LayerNorm unless ``final_norm`` is False)."""
         x = self.with_cls(tokens)
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x)
+        return self.norm(x) if final_norm else x
 
-    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None, final_norm: bool = True) -> torch.Tensor:
         """``[B, 1 + K, hidden]``: CLS + the patches in ``keep`` (all patches when ``keep`` is None)."""
-        return self.encode_tokens(self.embed(x, keep))
+        return self.encode_tokens(self.embed(x, keep), final_norm)
 
     @torch.no_grad()
     def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,11 +230,16 @@ class ViTEncoder(nn.Module):
 
 
 class ViTClassifier(nn.Module):
-    """ViT classifier: :class:`ViTEncoder` + linear head on the CLS token.
+    """ViT classifier: :class:`ViTEncoder` + a linear head.
+
+    ``pooling`` (config id ``pooling``): ``"cls"`` -- the head reads the CLS token after the encoder's final norm;
+    ``"mean"`` -- global average of the patch tokens before the final norm, then a new LayerNorm ``fc_norm``, then
+    the head (MAE's and MSMAE's fine-tuning recipe: MAE pretraining gives the CLS token no loss). With ``"mean"`` the
+    encoder's final norm is unused, so it is frozen (DDP and the optimiser skip it).
 
     ``forward(x, keep)`` encodes only the patch tokens listed in ``keep`` (MSMAE masked fine-tuning); evaluation
-    and inference call ``forward(x)`` and use every token. Keys: ``encoder.*`` (as in the MAE checkpoints) and
-    ``head.*``.
+    and inference call ``forward(x)`` and use every token. Keys: ``encoder.*`` (as in the MAE checkpoints),
+    ``fc_norm.*`` (mean pooling) and ``head.*``.
     """
 
     def __init__(
@@ -252,16 +258,28 @@ class ViTClassifier(nn.Module):
         drop_path_rate: float = 0.1,
         head_dropout: float = 0.0,
         spatial_dims: int = 2,
+        pooling: str = "cls",
     ) -> None:
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r} (config id 'pooling')")
+        self.pooling = pooling
+        self.use_mean = pooling == "mean"
         self.encoder = ViTEncoder(
             in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias,
             pos_embed_type, dropout_rate, drop_path_rate, spatial_dims,
         )
+        self.fc_norm = nn.LayerNorm(hidden_size) if self.use_mean else nn.Identity()
+        if self.use_mean:
+            self.encoder.norm.requires_grad_(False)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(hidden_size, num_classes)
         trunc_normal_(self.head.weight, mean=0.0, std=2e-5, a=-2.0, b=2.0)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.head(self.head_drop(self.encoder(x, keep)[:, 0]))
+        if self.use_mean:
+            feature = self.fc_norm(self.encoder(x, keep, final_norm=False)[:, 1:].mean(dim=1))
+        else:
+            feature = self.encoder(x, keep)[:, 0]
+        return self.head(self.head_drop(feature))

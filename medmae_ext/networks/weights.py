@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "read_state_dict", "encoder_state_dict", "map_encoder_keys", "load_pretrained_encoder", "resize_pos_embed",
-    "is_scratch", "init_description", "SCRATCH_VALUES", "resolve_pretrained", "AUTO",
+    "is_scratch", "init_description", "SCRATCH_VALUES", "resolve_pretrained", "AUTO", "file_sha256", "unwrap",
+    "check_unetr_encoder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ def resolve_pretrained(ckpt_path, sibling: str):
     """
     if not (isinstance(ckpt_path, str) and ckpt_path.strip().lower() == AUTO):
         return ckpt_path
+    # normalised first: "<bundle_root>/../mae_pretrain/..." must not need bundle_root to exist yet
+    sibling = os.path.normpath(os.path.abspath(sibling))
     if os.path.isfile(sibling):
         logger.info(f"pretrained_ckpt 'auto': the sibling pretraining bundle's {os.path.abspath(sibling)}")
         return sibling
@@ -84,9 +87,24 @@ def init_description(ckpt_path) -> str:
 def _digest(path: str, mtime_ns: int, size: int) -> str:
     """sha256 prefix of a file, computed once per (path, modification time, size): the run identity and the
     initialisation log line both ask for it."""
-    from ..checkpoints import _sha256
+    return file_sha256(path)
 
-    return _sha256(path)
+
+def file_sha256(path: str, length: int | None = 12) -> str:
+    """sha256 of a file's bytes (hex; the first ``length`` characters, all with None)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length] if length else h.hexdigest()
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The network inside a ``DistributedDataParallel`` (``.module``); the network itself otherwise. (An
+    ``nn.Module.compile``-d network is compiled in place and needs no unwrapping.)"""
+    return getattr(network, "module", network)
 
 
 def read_state_dict(path: str, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -235,3 +253,17 @@ def _grid_from_network(network: nn.Module) -> tuple[int, ...]:
     if hasattr(network, "feat_size"):
         return tuple(network.feat_size)
     raise ValueError(f"cannot tell the patch grid of {type(network).__name__}: its position embedding must match.")
+
+
+def check_unetr_encoder(settings) -> None:
+    """MONAI's UNETR has a 3D ViT of 12 layers with 16^3 patches: stop, naming the values and where they came from,
+    when the settings (a pretraining record's, or flags) ask for another encoder (its weights would not fit)."""
+    from ..errors import InputError
+
+    s = dict(settings)
+    wrong = {k: s[k] for k, v in (("spatial_dims", 3), ("num_layers", 12), ("patch_size", [16, 16, 16]))
+             if k in s and s[k] is not None and (list(s[k]) if isinstance(s[k], (list, tuple)) else s[k]) != v}
+    if wrong:
+        raise InputError(f"UNETR (MONAI) has a 3D encoder of 12 layers with 16x16x16 patches, but this run's settings "
+                         f"have {wrong} (from the pretraining run record, or flags): pretrain the 3D encoder with "
+                         "mae_pretrain's train_3d.json defaults for these, or fine-tune from scratch")

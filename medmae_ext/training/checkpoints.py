@@ -11,7 +11,7 @@ epochs). :func:`resume_checkpoint` (the bundles' ``resume_ckpt``) reads it befor
 * ``--resume False``: start fresh; every earlier output of the folder (checkpoints, ``model.pt``) is first moved to
   ``<ckpt_dir>/previous/<time>/`` so that nothing is lost and nothing of it is resumed or pruned later.
 
-Before deciding, it takes the folder's run lock (:mod:`medmae_ext.runlock`: a second run in the same folder stops)
+Before deciding, it takes the folder's run lock (:mod:`medmae_ext.training.runlock`: a second run in the same folder stops)
 and deletes temporary files of interrupted saves. On resume, :class:`ResumeCheckpointLoader` keeps the *new* LR
 schedule length (``--epochs`` raised = a cosine over the new total, continued at the saved iteration) and refuses a
 checkpoint whose epochs had another number of iterations (batch size or data changed). The savers refuse to write
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 
 from .guards import NonFiniteError, non_finite_tensors
+from ..networks.weights import unwrap
 from .runlock import acquire_run_lock, clean_stale_temp_files, release_run_lock
 
 __all__ = [
@@ -65,23 +67,11 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
     return found[-1][1] if found else None
 
 
-def _unwrap(net):
-    return getattr(net, "module", net)
-
-
 def items_digest(items) -> str:
     """Order-independent 12-hex digest of datalist items by their ``id`` (else ``image``) entries: what identifies a
-    run's training data (:class:`RunIdentity`) and a rank's shard (:func:`medmae_ext.distributed.shard_items`)."""
+    run's training data (:class:`RunIdentity`) and a rank's shard (:func:`medmae_ext.training.distributed.shard_items`)."""
     keys = sorted(str(it.get("id", it.get("image"))) if isinstance(it, dict) else str(it) for it in items)
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
-
-
-def _sha256(path: str, length: int = 12) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
 
 
 class RunIdentity:
@@ -94,12 +84,15 @@ class RunIdentity:
         data_source: a readable description of where they came from (data format and path).
         epochs: the run's planned length; a different value is not a different run (``--epochs`` may be raised to
             train further), it only tells whether the stored run had finished.
+        settings: the run's model settings (config id ``run_settings``: sizes, classes, modality, spacing, window...),
+            compared value by value, so a refusal names what differs.
     """
 
-    FIELDS = ("network", "init", "data")
+    FIELDS = ("network", "init", "data", "settings")
 
-    def __init__(self, network, init: str = "random", data=None, data_source: str = "", epochs: int | None = None):
-        net = _unwrap(network)
+    def __init__(self, network, init: str = "random", data=None, data_source: str = "", epochs: int | None = None,
+                 settings: dict | None = None):
+        net = unwrap(network)
         state = net.state_dict()
         shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
         n_params = sum(v.numel() for v in state.values())
@@ -108,14 +101,26 @@ class RunIdentity:
         items = list(data or [])
         self.data = f"{data_source} ({len(items)} training items #{items_digest(items)})"
         self.epochs = None if epochs is None else int(epochs)
+        from ..bundle.record import plain
+
+        self.settings = json.dumps(plain(dict(settings or {})), sort_keys=True)
 
     def state_dict(self) -> dict:
         return {**{k: getattr(self, k) for k in self.FIELDS}, "epochs": self.epochs}
 
     def differences(self, stored: dict) -> list[str]:
         """Readable ``field: stored -> this run`` lines for every identity field that differs."""
-        return [f"  {k}: checkpoint has {stored.get(k)!r}, this run has {getattr(self, k)!r}"
-                for k in self.FIELDS if stored.get(k) != getattr(self, k)]
+        out = []
+        for k in self.FIELDS:
+            if stored.get(k) == getattr(self, k):
+                continue
+            if k == "settings" and isinstance(stored.get(k), str):
+                old, new = json.loads(stored[k]), json.loads(self.settings)
+                out += [f"  {key}: checkpoint has {old.get(key)!r}, this run has {new.get(key)!r}"
+                        for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+            else:
+                out.append(f"  {k}: checkpoint has {stored.get(k)!r}, this run has {getattr(self, k)!r}")
+        return out
 
     def load_state_dict(self, stored: dict) -> None:
         """Called by the resume loader: a checkpoint of another run is refused (defence in depth; the bundles
@@ -136,7 +141,11 @@ def _read_checkpoint(path: str) -> dict | None:
         return None
 
 
-def move_previous_outputs(ckpt_dir: str, extra_files=("model.pt",)) -> str | None:
+#: what a fresh run (``--resume False``) moves aside with the checkpoints: the weights and their run record
+PREVIOUS_OUTPUTS = ("model.pt", "metadata.json")
+
+
+def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS) -> str | None:
     """Move every ``checkpoint_*.pt`` and ``extra_files`` of ``ckpt_dir`` into ``ckpt_dir/previous/<time>/``;
     returns that folder, or None when there was nothing to move. Only the first process of a distributed run moves."""
     import ignite.distributed as idist
@@ -158,7 +167,7 @@ def move_previous_outputs(ckpt_dir: str, extra_files=("model.pt",)) -> str | Non
 
 
 def resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool = True,
-                      extra_files=("model.pt",)) -> str | None:
+                      extra_files=PREVIOUS_OUTPUTS) -> str | None:
     """The checkpoint to resume from, or None to start fresh; see the module docstring for the rules.
 
     Raises :class:`RunMismatchError` naming both runs when ``ckpt_dir`` holds another run or a finished one.
@@ -295,7 +304,7 @@ class AtomicCheckpointSaver:
         engine.add_event_handler(Events.COMPLETED, lambda _: release_run_lock(self.save_dir))
 
     def _check_finite(self, engine: Engine) -> None:
-        bad = non_finite_tensors(_unwrap(self.save_dict[self.model_key]))
+        bad = non_finite_tensors(unwrap(self.save_dict[self.model_key]))
         if bad:
             raise NonFiniteError(
                 f"epoch {engine.state.epoch}: {len(bad)} weight tensor(s) are NaN/Inf (e.g. {bad[:3]}); nothing is "
@@ -304,7 +313,7 @@ class AtomicCheckpointSaver:
 
     def _write_model(self) -> None:
         if self.model_filename:
-            self._disk(_unwrap(self.save_dict[self.model_key]).state_dict(), self.model_filename)
+            self._disk(unwrap(self.save_dict[self.model_key]).state_dict(), self.model_filename)
 
     def save_model(self, engine: Engine) -> None:
         if self.model_filename:
@@ -370,6 +379,13 @@ class BestModelSaver:
             return dict(self._restored or {"best_metric": -1.0, "best_metric_epoch": -1})
         return {"best_metric": float(st.best_metric), "best_metric_epoch": int(st.best_metric_epoch)}
 
+    def best(self) -> dict | None:
+        """``{"name", "value", "epoch"}`` of the best validation so far (None before a finite one)."""
+        st = self._engine.state if self._engine is not None else None
+        if st is None or getattr(st, "best_metric_epoch", -1) is None or st.best_metric_epoch < 0:
+            return None
+        return {"name": st.key_metric_name, "value": float(st.best_metric), "epoch": int(st.best_metric_epoch)}
+
     def load_state_dict(self, state: dict) -> None:
         self._restored = {"best_metric": float(state["best_metric"]), "best_metric_epoch": int(state["best_metric_epoch"])}
         if self._engine is not None:
@@ -390,11 +406,11 @@ class BestModelSaver:
             logger.warning(f"validation {name}={value} is not finite: {self.filename} is not written")
             return
         if engine.state.best_metric_epoch == engine.state.epoch:
-            bad = non_finite_tensors(_unwrap(self.network))
+            bad = non_finite_tensors(unwrap(self.network))
             if bad:
                 raise NonFiniteError(f"{len(bad)} weight tensor(s) are NaN/Inf (e.g. {bad[:3]}): "
                                      f"{os.path.join(self.save_dir, self.filename)} is not overwritten")
-            self._disk(_unwrap(self.network).state_dict(), self.filename)  # DiskSaver writes on rank 0 only
+            self._disk(unwrap(self.network).state_dict(), self.filename)  # DiskSaver writes on rank 0 only
             if idist.get_rank() == 0:
                 logger.info(f"new best {name}={engine.state.best_metric:.4f} at epoch "
                             f"{engine.state.epoch}: saved {os.path.join(self.save_dir, self.filename)}")

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from .checkpoints import _unwrap
-from .networks.patching import patchify, unpatchify
+from ..networks.patching import patchify, unpatchify
+from ..networks.weights import unwrap
 
 __all__ = ["MASKED_RGB", "THROWN_RGB", "ReconstructionSaver", "picture_items", "reconstruction_panel"]
 
@@ -35,8 +35,8 @@ def picture_items(data_format: str, data_path: str, data_kwargs: dict | None, fa
                   split: str = "validation") -> list[dict]:
     """``count`` items evenly spread over ``split`` of the dataset (lists sorted by class then give every class a
     row), or over ``fallback`` (the training datalist) where that split is missing or empty."""
-    from .data import dataset_items, spread_items
-    from .data.readers import DatalistError
+    from ..data import dataset_items, spread_items
+    from ..data.readers import DatalistError
 
     if count < 1:
         raise ValueError(f"config id 'picture_count' must be at least 1, got {count}")
@@ -213,7 +213,7 @@ class ReconstructionSaver:
 
     def picture(self, network: torch.nn.Module, device) -> tuple[np.ndarray, list[str]]:
         """The labelled RGB picture of the fixed images under ``network``, and its column labels."""
-        net = _unwrap(network)
+        net = unwrap(network)
         image = self.images().to(device)
         with_attention = self.attention_cache is not None and len(self.attention_cache) > 0
         out, dense, attention = seeded_reconstruction(net, image, self.seed, with_attention)

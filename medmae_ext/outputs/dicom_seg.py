@@ -21,7 +21,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["SaveDicomSegd", "write_dicom_seg", "series_frames"]
 

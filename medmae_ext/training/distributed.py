@@ -12,7 +12,7 @@ Contract of a multi-process run:
   for its own shard only: every sample a rank draws has its map, and no map is computed twice or sent anywhere.
 * **writers** -- checkpoints, ``model.pt``, pictures, TensorBoard, the progress bar and the loss log are written by
   rank 0 only: the writing handlers of ``train.json`` carry ``"_disabled_": "$not
-  medmae_ext.distributed.is_main_process()"`` (always enabled in one process), so other ranks never construct them.
+  medmae_ext.training.distributed.is_main_process()"`` (always enabled in one process), so other ranks never construct them.
 * **learning rate** -- ``base_lr`` is per 256 samples of the *global* batch (``batch_size`` per process x
   processes), as in MAE; :func:`world_size` is 1 in a single process.
 * **metrics** -- validation shards (:func:`shard_items` with ``equal=False``: every item in exactly one shard) are
@@ -28,7 +28,7 @@ import os
 import torch
 
 from .checkpoints import items_digest
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["init_process_group", "is_main_process", "rank", "shard_items", "world_size"]
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .networks.patching import gather_patches, patchify
+from ..networks.patching import gather_patches, patchify
 
 __all__ = ["MaskedPatchMSELoss", "MAELoss"]
 
@@ -55,7 +55,7 @@ class MAELoss(nn.Module):
     ``loss = masked-patch MSE + ce_weight * cross_entropy(logits, label)``; the cross-entropy term (MSMAE's
     supervised attention) applies only when the network has a CLS head and labels are given. Cross-entropy takes
     the raw logits: softmax is applied once, inside it; ``class_weight`` (``[num_classes]``, e.g. from
-    :func:`medmae_ext.imbalance.class_weights`) weights its classes.
+    :func:`medmae_ext.training.imbalance.class_weights`) weights its classes.
     """
 
     def __init__(self, patch_size: Sequence[int], norm_pix: bool = True, ce_weight: float = 0.0,
@@ -67,7 +67,7 @@ class MAELoss(nn.Module):
 
     def forward(self, output: dict, target) -> torch.Tensor:
         """``target``: the image tensor, or ``{"image": ..., "label": ...}`` as made by
-        :class:`~medmae_ext.engines.MAEPrepareBatch`."""
+        :class:`~medmae_ext.training.engines.MAEPrepareBatch`."""
         image, label = (target["image"], target.get("label")) if isinstance(target, dict) else (target, None)
         if "pred_masked" not in output or "masked_index" not in output:
             raise KeyError(f"MAELoss needs the network output keys 'pred_masked' and 'masked_index' "

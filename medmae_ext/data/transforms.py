@@ -9,13 +9,14 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged as _MonaiLoadImaged
-from monai.transforms import MapTransform, Spacingd
+from monai.transforms import MapTransform
 from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_dst_type
 
-from .errors import ImageReadError, InputError
+from ..errors import ImageReadError, InputError
+from .dicom import check_dicom_series
 
-__all__ = ["LoadImaged", "ValidateImaged", "RemapLabeld", "AttachAttentiond", "LabelSafeSpacingd", "source_of"]
+__all__ = ["LoadImaged", "ValidateImaged", "RemapLabeld", "AttachAttentiond", "source_of"]
 
 
 def source_of(data: dict, key: str) -> str:
@@ -70,14 +71,18 @@ class LoadImaged(_MonaiLoadImaged):
         arrays = [k for k in self.key_iterator(d) if isinstance(d[k], (np.ndarray, torch.Tensor))]
         if not arrays:
             folders = {k: str(d[k]) for k in self.key_iterator(d) if isinstance(d[k], str) and os.path.isdir(d[k])}
+            slices = {k: check_dicom_series(folder) for k, folder in folders.items()}
             d = super().__call__(d, reader)
             for k, folder in folders.items():  # a DICOM series: name it (and its outputs) after its folder
                 if isinstance(d[k], MetaTensor):
                     d[k].meta["filename_or_obj"] = os.path.normpath(folder)
+                if slices[k] > 1 and slices[k] not in tuple(d[k].shape[1:]):
+                    raise InputError(f"DICOM series {folder}: {slices[k]} slices, but the volume read has shape "
+                                     f"{tuple(d[k].shape[1:])}: slices were dropped while reading")
             return d
         others = [k for k in self.key_iterator(d) if k not in arrays]
         if others:
-            raise TypeError(f"{source_of(d, arrays[0])}: {arrays} are arrays but {others} are not: give every key of "
+            raise InputError(f"{source_of(d, arrays[0])}: {arrays} are arrays but {others} are not: give every key of "
                             "an item as a file path, or every key as an array.")
         for k in arrays:
             d[k] = MetaTensor(torch.as_tensor(np.asarray(d[k])), meta={"filename_or_obj": str(d.get("id", k))})
@@ -112,15 +117,15 @@ class ValidateImaged(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             if not isinstance(img, (np.ndarray, torch.Tensor)):
-                raise TypeError(f"{source_of(d, key)}: '{key}' is a {type(img).__name__}, expected an image array.")
+                raise InputError(f"{source_of(d, key)}: '{key}' is a {type(img).__name__}, expected an image array.")
             shape = tuple(img.shape)
             if self.spatial_dims is not None and len(shape) - 1 != self.spatial_dims:
-                raise ValueError(
+                raise InputError(
                     f"{source_of(d, key)}: '{key}' has shape {shape} (channel first), i.e. {len(shape) - 1} spatial "
                     f"dims, but this config expects {self.spatial_dims}D images."
                 )
             if self.channels is not None and shape[0] != self.channels:
-                raise ValueError(
+                raise InputError(
                     f"{source_of(d, key)}: '{key}' has {shape[0]} channel(s) (shape {shape}) but the network expects "
                     f"{self.channels} (config id 'in_channels'): convert the images or change 'in_channels'."
                 )
@@ -147,12 +152,12 @@ class RemapLabeld(MapTransform):
     def __init__(self, keys: KeysCollection, label_map: dict | None, num_classes: int,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        from .data.segmentation import label_lookup
+        from .segmentation import label_lookup
 
         self.lut = label_lookup(label_map, num_classes)
 
     def __call__(self, data):
-        from .data.segmentation import map_label_ids
+        from .segmentation import map_label_ids
 
         d = dict(data)
         if self.lut is None:
@@ -203,20 +208,3 @@ class AttachAttentiond(MapTransform, RandomizableTrait):
             full = full.repeat_interleave(s // g, dim=axis)
         d[self.attention_key] = full.unsqueeze(0).float()
         return d
-
-
-class LabelSafeSpacingd(Spacingd):
-    """MONAI ``Spacingd`` that tolerates non-dict ``<key>_*`` entries such as MONAI Label's ``image_path``.
-
-    MONAI 1.6.1's ``Spacingd`` treats every ``<key>_*`` entry of a NIfTI item as a meta dict and calls ``.update`` on
-    it; MONAI Label adds the string ``image_path`` to each request, so the plain transform fails inside MONAI Label.
-    This one sets such entries aside for the call and puts them back unchanged.
-    """
-
-    def __call__(self, data, lazy=None):
-        d = dict(data)
-        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and any(k.startswith(f"{key}_") for key in self.keys)
-                 and not isinstance(d[k], dict)}
-        out = super().__call__(d, lazy=lazy)
-        out.update(aside)
-        return out

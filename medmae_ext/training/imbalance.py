@@ -20,7 +20,7 @@ import logging
 import numpy as np
 import torch
 
-from .data.readers import DatalistError
+from ..data.readers import DatalistError
 
 __all__ = ["WEIGHTINGS", "class_counts", "class_weights", "classification_loss", "balanced_sampler"]
 

@@ -2,9 +2,9 @@
 
 The map of a sample is the last encoder block's CLS->patch softmax attention (each head min-max normalised to
 [0, 1], heads averaged; :meth:`~medmae_ext.networks.ViTEncoder.cls_attention`), computed in eval mode on the
-un-augmented image and stored on the patch grid. :class:`~medmae_ext.transforms.AttachAttentiond` turns it into
+un-augmented image and stored on the patch grid. :class:`~medmae_ext.data.transforms.AttachAttentiond` turns it into
 an image-sized map *before* the random crop/flip, so the same dictionary transforms move image and map together,
-and :class:`~medmae_ext.engines.MAEPrepareBatch` averages the transformed map back to one weight per patch.
+and :class:`~medmae_ext.training.engines.MAEPrepareBatch` averages the transformed map back to one weight per patch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from ignite.engine import Engine, Events
 
-from .networks.patching import patch_weights
+from ..networks.patching import patch_weights
 
 __all__ = ["AttentionCache", "AttentionRefresher", "lesion_coverage"]
 
@@ -23,20 +23,59 @@ logger = logging.getLogger(__name__)
 
 
 class AttentionCache:
-    """``{sample id: attention map on the patch grid}`` (CPU float tensors), plus the epoch it was computed at."""
+    """``{sample id: attention map on the patch grid}`` (float tensors), plus the epoch it was computed at.
 
-    def __init__(self) -> None:
-        self.maps: dict[str, torch.Tensor] = {}
-        self.epoch: int | None = None
+    With ``ids`` (every training item's ``id``) and ``grid`` (the patch grid) the maps live in one tensor in shared
+    memory, allocated here, before any ``DataLoader`` worker is forked: a refresh writes into it in place, so every
+    worker -- persistent ones, and those of an iterator that ignite keeps across epochs when ``epoch_length`` is
+    shorter than the loader -- reads the new maps. (A plain dict would stay, in each worker, the copy it was forked
+    with: MSMAE would silently fall back to random masking.) Without ``ids``/``grid`` (tests, one process) the table
+    is allocated at the first refresh.
+    """
+
+    def __init__(self, ids=None, grid=None) -> None:
+        self.index: dict[str, int] = {}
+        self.table: torch.Tensor | None = None
+        self.filled: torch.Tensor | None = None
+        self._epoch = torch.full((1,), -1, dtype=torch.int64).share_memory_()
+        if ids is not None and grid is not None:
+            self._allocate([str(i) for i in ids], tuple(int(g) for g in grid))
+
+    def _allocate(self, ids: list[str], grid: tuple[int, ...]) -> None:
+        self.index = {k: i for i, k in enumerate(dict.fromkeys(ids))}
+        self.table = torch.zeros(len(self.index), *grid).share_memory_()
+        self.filled = torch.zeros(len(self.index), dtype=torch.bool).share_memory_()
+
+    @property
+    def epoch(self) -> int | None:
+        e = int(self._epoch[0])
+        return None if e < 0 else e
 
     def __len__(self) -> int:
-        return len(self.maps)
+        return 0 if self.filled is None else int(self.filled.sum())
 
     def __contains__(self, key) -> bool:
-        return str(key) in self.maps
+        return self.get(key) is not None
 
     def get(self, key) -> torch.Tensor | None:
-        return self.maps.get(str(key))
+        i = self.index.get(str(key))
+        if i is None or not bool(self.filled[i]):
+            return None
+        return self.table[i].clone()
+
+    def store(self, maps: dict[str, torch.Tensor], epoch: int | None = None) -> None:
+        """Write ``maps`` in place (shared memory); a sample id the table was not allocated for is an error."""
+        if self.table is None:
+            first = next(iter(maps.values()))
+            self._allocate(list(maps), tuple(first.shape))
+        unknown = [k for k in maps if k not in self.index]
+        if unknown:
+            raise KeyError(f"attention maps for samples {unknown[:3]} that are not training items of this run "
+                           f"(the cache was allocated for {len(self.index)} ids)")
+        for k, m in maps.items():
+            self.table[self.index[k]].copy_(m.reshape(self.table.shape[1:]))
+            self.filled[self.index[k]] = True
+        self._epoch[0] = -1 if epoch is None else int(epoch)
 
     @torch.no_grad()
     def refresh(self, network: torch.nn.Module, dataloader, device, image_key: str = "image", id_key: str = "id",
@@ -56,8 +95,7 @@ class AttentionCache:
                     maps[str(sid)] = a.reshape(encoder.grid)
         finally:
             net.train(was_training)
-        self.maps = maps
-        self.epoch = epoch
+        self.store(maps, epoch)
         logger.info(f"attention maps refreshed for {len(maps)} samples (epoch {epoch})")
 
 

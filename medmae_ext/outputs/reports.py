@@ -26,6 +26,11 @@ class ClassificationReport:
     the epoch, so that a ``StatsHandler`` / ``TensorBoardStatsHandler`` listed *after* this handler logs them at every
     validation. A model that predicts a single class for every sample is warned about: its AUC can look fine.
 
+    ``metrics.json`` names what it scored: ``split`` (the split's name: ``selection`` -- the cut of training that
+    chooses the checkpoint --, ``validation``, ``test``), ``data_source`` and, for an evaluation, ``model_file``.
+    Training-time reports go to ``eval/<selection split>/``, evaluations to ``eval/<split>/``, so two reports of
+    different splits never share a folder.
+
     ``history_file`` (``history.csv``; None: none) gets one row per call (``epoch`` = the evaluator's epoch, which MONAI's ``ValidationHandler`` sets
     to the trainer's): the validation curve of the run, kept across a resume; rows of a later epoch than the one
     being written (left by an earlier run in the same folder) are dropped. With ``log_dir`` the confusion matrix
@@ -33,8 +38,12 @@ class ClassificationReport:
     """
 
     def __init__(self, output_dir: str, class_names=None, multi_label: bool = False, threshold: float = 0.5,
-                 log_dir: str | None = None, tag: str = "validation", history_file: str | None = "history.csv") -> None:
+                 log_dir: str | None = None, tag: str = "validation", history_file: str | None = "history.csv",
+                 split: str | None = None, data_source: str | None = None, model_file: str | None = None) -> None:
         self.output_dir = output_dir
+        self.split = split
+        self.data_source = data_source
+        self.model_file = model_file
         self.class_names = list(class_names) if class_names else None
         self.multi_label = multi_label
         self.threshold = threshold
@@ -78,6 +87,9 @@ class ClassificationReport:
         support = y.sum(0).tolist()
         valid_auc = [a for a in auc if a == a]
         metrics = {
+            "split": self.split,
+            "data_source": self.data_source,
+            "model_file": self.model_file,
             "num_samples": len(y),
             "accuracy": float((hard == y).all(1).float().mean()),
             "macro_f1": float(np.mean(f1)),

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from monai.engines import PrepareBatch
 
-from .networks.patching import grid_shape, patch_weights
+from ..networks.patching import grid_shape, patch_weights
 
 __all__ = ["MAEPrepareBatch", "TokenDropPrepareBatch", "autocast_iteration"]
 
@@ -31,7 +31,7 @@ class MAEPrepareBatch(PrepareBatch):
         image_key: the image key of the batch.
         label_key: class label key (MSMAE's supervised CLS head); ignored when absent from the batch.
         attention_key: image-resolution attention map key (added by
-            :class:`~medmae_ext.transforms.AttachAttentiond`); ignored when absent.
+            :class:`~medmae_ext.data.transforms.AttachAttentiond`); ignored when absent.
     """
 
     def __init__(
@@ -65,7 +65,7 @@ class MAEPrepareBatch(PrepareBatch):
 class TokenDropPrepareBatch(MAEPrepareBatch):
     """MSMAE masked fine-tuning: ``(image, label, (), {"keep": visible token indices})``.
 
-    ``masking`` (an :class:`~medmae_ext.masking.AttentionMasking`) draws masked + thrown patches from the attention
+    ``masking`` (an :class:`~medmae_ext.networks.masking.AttentionMasking`) draws masked + thrown patches from the attention
     weights; both are dropped and the classifier encodes only the visible ones. Without an attention map in the
     batch the masking strategy's warm-up is used. ``masking=None`` keeps every token.
     """

@@ -1,7 +1,7 @@
 """One training run per checkpoint folder at a time.
 
 Two runs writing ``checkpoint_<N>.pt`` and ``model.pt`` into the same ``models/`` folder overwrite and prune each
-other's files. :func:`acquire_run_lock` (called by :func:`medmae_ext.checkpoints.resume_checkpoint`, i.e. before
+other's files. :func:`acquire_run_lock` (called by :func:`medmae_ext.training.checkpoints.resume_checkpoint`, i.e. before
 every training run starts) creates ``<ckpt_dir>/.medmae_run.lock`` holding the owner's pid, host and start time;
 a second run stops with :class:`RunLockedError` naming them. The lock is removed when its process exits (and when
 the trainer completes); a lock left by a process that died without cleaning up (SIGKILL, power loss) on this host

@@ -1,6 +1,6 @@
 """The served ``models/model.pt`` across training runs (MONAI Label trains in the bundle it serves from).
 
-Within one run, :class:`~medmae_ext.checkpoints.BestModelSaver` writes ``model.pt`` when the validation metric
+Within one run, :class:`~medmae_ext.training.checkpoints.BestModelSaver` writes ``model.pt`` when the validation metric
 improves, and a resumed run continues from the best metric stored in its checkpoint. Two things are left for a
 bundle that is trained again and again in place (each MONAI Label ``/train`` is a new run over the same folder):
 
@@ -19,30 +19,28 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 
 import torch
 from ignite.engine import Engine, Events
 
-from .checkpoints import _unwrap
-from .networks.weights import read_state_dict
+from ..networks.weights import read_state_dict, unwrap
 
-__all__ = ["ServedModelBaseline", "EndOfRunValidation", "under_monai_label"]
+__all__ = ["ServedModelBaseline", "EndOfRunValidation", "data_supplied", "monai_label_data_source",
+           "require_validation_items"]
 
 logger = logging.getLogger(__name__)
 
 
-def under_monai_label() -> bool:
-    """True when the bundle is being run by a MONAI Label task: called from MONAI Label's code (it trains in-process
-    on one GPU: a ``monailabel.*`` frame is on the call stack), or, on several GPUs, under torchrun with the
-    ``configs/monailabel_train.json`` it writes. Having imported ``monailabel`` is not enough (a test session or a
-    notebook may have, and then train the bundle itself)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if str(frame.f_globals.get("__name__", "")).startswith("monailabel."):
-            return True
-        frame = frame.f_back
-    return any("configs/monailabel_train.json" in str(a).replace("\\", "/") for a in sys.argv)
+def data_supplied(items) -> bool:
+    """True when the training items were given to the bundle directly rather than read by it from ``data_format`` /
+    ``data_path``: MONAI Label overrides ``train#dataset#data`` with its datastore's labelled images (in-process, or
+    written into ``configs/monailabel_train.json`` for torchrun). Decided by the items' type alone
+    (:class:`~medmae_ext.data.Datalist` is what the bundle's readers return), so every way of starting a run --
+    ``python -m monai.bundle``, torchrun, ``ConfigWorkflow``, MONAI Label -- gets the same answer. The bundles' config
+    id ``monai_label`` is this value: each such run is a fresh MONAI Label-style session (see the module doc)."""
+    from ..data.readers import Datalist
+
+    return not isinstance(items, Datalist)
 
 
 def monai_label_data_source(items) -> str:
@@ -89,7 +87,7 @@ class ServedModelBaseline:
     def __call__(self, engine: Engine) -> None:
         if not self.enabled or self.resumed_from or not os.path.isfile(self.path):
             return
-        net = _unwrap(self.network)
+        net = unwrap(self.network)
         start = {k: v.detach().clone() for k, v in net.state_dict().items()}
         served = read_state_dict(self.path)
         try:
@@ -147,4 +145,4 @@ class EndOfRunValidation:
                 logger.warning(f"no validation gave a finite metric, so no best model was chosen: {path} holds the "
                                "final weights of this run")
             DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)(
-                _unwrap(self.network).state_dict(), self.filename)
+                unwrap(self.network).state_dict(), self.filename)
