@@ -1,7 +1,7 @@
 """medmae_ext: the small extension package behind the medmae MONAI bundles.
 
 Bundle configs reference it by ``_target_`` and in expressions (``medmae_ext.networks.ViTClassifier``,
-``medmae_ext.training.checkpoints.resume_checkpoint(...)``). Its sub-packages, by concern:
+``medmae_ext.training.resume.resume_checkpoint(...)``). Its sub-packages, by concern:
 
 * ``networks`` -- the ViT encoder, MAE / MSMAE model, classifier, masking strategies, weight mapping;
 * ``data`` -- dataset readers, transforms, caches, the checks made on data before training;

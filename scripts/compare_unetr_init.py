@@ -6,13 +6,15 @@
 Every fine-tuning run is bundles/unetr_segmentation/configs/train.json with the same overrides for both arms
 (``feature_size``, ``epochs``, ``seed``, ``batch_size``, ``num_samples``); the arms differ only in
 ``pretrained_ckpt``. One 64^3 crop per step by default: the synthetic volumes are 64^3, so a second crop of the same
-volume would be the same voxels (CPU time halved, same information). Dice per organ is from
-evaluate.json on the validation split (full volumes, sliding window) with the best checkpoint of each run.
+volume would be the same voxels (CPU time halved, same information). Dice per organ is from evaluate.json on the
+validation split (full volumes, sliding window) with the best checkpoint of each run (``metrics.json`` of its
+``SegmentationReport``; the evaluation reads sizes and organs from the run record). Layer-wise lr decay applies to
+the MAE arm only (a random encoder trains every layer at the full rate).
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import os
 import statistics
 import time
@@ -30,11 +32,11 @@ def cfg(bundle: str) -> str:
     return os.path.join(REPO, "bundles", bundle, "configs")
 
 
-def per_organ_dice(summary_csv: str) -> list[float]:
-    """Mean Dice per organ from evaluate.json's ``mean_dice_summary.csv`` (rows class0.. = organs 1..)."""
-    with open(summary_csv) as f:
-        rows = {r["class"]: float(r["mean"]) for r in csv.DictReader(f)}
-    return [rows[f"class{i}"] for i in range(len(ORGANS))]
+def per_organ_dice(metrics_json: str) -> list[float]:
+    """Mean Dice per organ (background excluded) from evaluate.json's ``metrics.json``."""
+    with open(metrics_json) as f:
+        per_organ = json.load(f)["dice_per_organ"]
+    return [per_organ[o] for o in ORGANS]
 
 
 def main(work_dir: str = "runs/unetr", epochs: int = 50, feature_size: int = 8, seeds=(0, 1), batch_size: int = 1,
@@ -46,21 +48,22 @@ def main(work_dir: str = "runs/unetr", epochs: int = 50, feature_size: int = 8, 
                       dataset_dir=data, resume=False, **pre)
     print(f"mae_pretrain 3D: {time.time() - t0:.0f} s")
     ckpt = os.path.join(work_dir, "mae", "models", "3d", "model.pt")
-    arms = {"scratch": None, "MAE self-pretrained": ckpt}
+    arms = {"scratch": "scratch", "MAE self-pretrained": ckpt}
     results: dict[str, list[tuple[float, list[float], float]]] = {name: [] for name in arms}
     steps = 0
     for seed in seeds:
         for name, init in arms.items():
             root = os.path.join(work_dir, f"{name.split()[0].lower()}_seed{seed}")
-            common = dict(bundle_root=root, dataset_dir=data, **{"network_def#feature_size": feature_size})
+            common = dict(bundle_root=root, dataset_dir=data)
             t0 = time.time()
             wf = run_bundle_config(cfg("unetr_segmentation"), "train.json", pretrained_ckpt=init, epochs=epochs,
-                                   seed=seed, batch_size=batch_size, num_samples=num_samples, resume=False, **common)
+                                   seed=seed, batch_size=batch_size, num_samples=num_samples, resume=False,
+                                   feature_size=feature_size, **common)
             t = time.time() - t0
             steps = wf.parser.get_parsed_content("train#trainer").state.iteration
             best = wf.parser.get_parsed_content("validate#evaluator").state.best_metric
             run_bundle_config(cfg("unetr_segmentation"), "evaluate.json", "evaluating", **common)
-            organs = per_organ_dice(os.path.join(root, "eval", "validation", "mean_dice_summary.csv"))
+            organs = per_organ_dice(os.path.join(root, "eval", "validation", "metrics.json"))
             results[name].append((best, organs, t))
             print(f"seed {seed} {name}: best validation mean Dice {best:.3f} "
                   f"({', '.join(f'{o} {d:.3f}' for o, d in zip(ORGANS, organs))}), {t:.0f} s", flush=True)

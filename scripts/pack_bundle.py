@@ -84,7 +84,7 @@ def checked_record(weights: str) -> dict:
 
     sys.path.insert(0, REPO)
     from medmae_ext.bundle.record import read_record
-    from medmae_ext.training.checkpoints import list_checkpoints
+    from medmae_ext.training.resume import list_checkpoints
 
     record = read_record(weights)
     where = os.path.join(os.path.dirname(weights), "metadata.json")
@@ -164,7 +164,7 @@ def packed_configs(bundle: str) -> dict[str, dict]:
 def _defaults(bundle: str, three_d: bool) -> dict:
     """The repository defaults of the bundle's model settings (for a pack without weights of that kind)."""
     sys.path.insert(0, REPO)
-    from medmae_ext.bundle.record import config_defaults
+    from medmae_ext.bundle.settings import config_defaults
     from medmae_ext.bundle.workflow import BUNDLE_BASES
 
     base = BUNDLE_BASES.get(bundle, bundle)

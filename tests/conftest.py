@@ -106,7 +106,7 @@ def place_trained_weights(bundle_dir: str, bundle: str, config, trained_on: str 
     from monai.bundle import ConfigParser
 
     from medmae_ext.bundle.record import RunRecordWriter
-    from medmae_ext.training.checkpoints import RunIdentity
+    from medmae_ext.training.resume import RunIdentity
 
     p = ConfigParser()
     p.read_config(bundle_configs(bundle, config))

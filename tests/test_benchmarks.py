@@ -41,10 +41,10 @@ def test_benchmark_threads_prints_one_row_per_load_and_count(capsys):
 
 
 def test_readme_benchmark_block_is_what_ci_runs():
-    cmds = readme_commands("### MAE training step")
+    cmds = readme_commands("### MAE training step", "docs/benchmarks.md")
     assert cmds and all(c.startswith("python scripts/benchmark_") for c in cmds)
     ci = open(os.path.join(REPO, ".ci", "run")).read()
-    assert 'python scripts/readme_commands.py "### MAE training step"' in ci
+    assert 'python scripts/readme_commands.py "### MAE training step" --readme docs/benchmarks.md' in ci
     assert readme_commands("## Masked fine-tuning", "bundles/msmae_pretrain/docs/README.md") == [
         "python scripts/benchmark_msmae_flops.py"]
     assert ('python scripts/readme_commands.py "## Masked fine-tuning" --readme bundles/msmae_pretrain/docs/README.md'
@@ -52,14 +52,14 @@ def test_readme_benchmark_block_is_what_ci_runs():
 
 
 def test_readme_gpu_benchmark_command_prints_every_part(capsys):
-    """README "GPU path": the command as written, through fire as the shell would run it, with toy sizes appended
+    """docs/benchmarks.md "GPU path": the command as written, through fire as the shell would run it, with toy sizes appended
     (the last value of an option wins); each part prints its table (figures are the script's job, not a test's)."""
     import shlex
 
     import benchmark_gpu
     import fire
 
-    (cmd,) = readme_commands("### GPU path")
+    (cmd,) = readme_commands("### GPU path", "docs/benchmarks.md")
     argv = shlex.split(cmd)
     assert argv[:2] == ["python", "scripts/benchmark_gpu.py"]
     fire.Fire(benchmark_gpu.main, command=argv[2:] + [

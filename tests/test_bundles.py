@@ -174,3 +174,35 @@ def test_inference_network_takes_the_trained_weights(bundle, train, inference, t
     loaded = served.state_dict()
     assert loaded and set(loaded) <= set(state)
     assert all(torch.equal(v, state[k]) for k, v in loaded.items())
+
+
+def test_same_defaults_in_every_launch_mode(tmp_path, monkeypatch):
+    """bundle_root (and what an override was merged on) come from where medmae_ext is and from the merge itself,
+    never from the command line or the call stack: the same under python -m monai.bundle (from any folder), torchrun,
+    ConfigWorkflow in a notebook and a packed bundle run from inside itself. (MONAI Label: its sessions are told by
+    the items it gives, tests/test_monai_label_train.py.)"""
+    from monai.bundle import ConfigWorkflow
+
+    cfg = os.path.join(BUNDLES, "vit_classification", "configs", "train.json")
+    probe = ["--probe", "$print('PROBE', @bundle_root, @config_chain)", "--init_id", "probe", "--final_id", "probe"]
+    expected = f"PROBE {os.path.join(BUNDLES, 'vit_classification')} ['vit_classification/train.json']"
+
+    def probed(args, cwd):
+        r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return {ln for ln in r.stdout.splitlines() if ln.startswith("PROBE")}
+
+    assert probed(["-m", "monai.bundle", "run", "probe", "--config_file", cfg, *probe], tmp_path) == {expected}
+    assert probed(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "monai.bundle", "run",
+                   "probe", "--config_file", cfg, *probe], tmp_path) == {expected}
+    monkeypatch.chdir(tmp_path)  # a notebook somewhere else, no command line of monai.bundle
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py"])
+    wf = ConfigWorkflow(config_file=cfg)
+    assert wf.parser.get_parsed_content("bundle_root") == os.path.join(BUNDLES, "vit_classification")
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "pack_bundle.py"), "--bundle",
+                        "vit_classification", "--out", str(tmp_path / "dist"), "--models_dir", str(tmp_path / "none"),
+                        "--zip", "False"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    packed = tmp_path / "dist" / "vit_classification"
+    assert probed(["-m", "monai.bundle", "run", "probe", "--config_file", "configs/train.json", *probe], packed) == {
+        f"PROBE {packed} ['vit_classification/train.json']"}

@@ -20,7 +20,7 @@ NPZ = os.path.join(os.path.dirname(REPO), "shared", "data", "pneumoniamnist_trai
 
 @pytest.mark.skipif(not os.path.isfile(NPZ), reason="../shared/data is not present")
 def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
-    cmds = readme_commands("### Real chest X-rays")
+    cmds = readme_commands("## Real chest X-rays", "docs/evidence.md")
     assert len(cmds) == 1 and cmds[0].startswith("python scripts/compare_classification.py")
     work = tmp_path / "cmp"
     shrink = (f' --seeds "[0]" --pretrain_epochs 1 --epochs 2 --max_items 96 --batch_size 16 --attention_start_epoch 0'
@@ -37,6 +37,7 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
         (run,) = runs
         assert run["num_samples"] == 96  # scored on the file's own validation split (96 of 524 spread over it)
         assert [h["epoch"] for h in run["history"]] == [1, 2]  # the selection split's curve
+        assert run["split"] == "validation"  # what the evaluation scored, named in its metrics
         assert set(run["per_class"]) == {"normal", "pneumonia"}
     # scratch trains every layer at one lr (no layer decay); the pretrained arms decay it towards the input
     def lrs(arm):
@@ -55,7 +56,7 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
                            text=True, timeout=300)
     assert again.returncode == 0 and open(work / "results.md").read() == md
     # the MSMAE diagnosis of the README, on this run's fine-tuned models and MSMAE encoder (fire: last value wins)
-    (diag,) = readme_commands("#### Why MSMAE masked fine-tuning trails")
+    (diag,) = readme_commands("### Why MSMAE masked fine-tuning trails", "docs/evidence.md")
     roots = [str(work / "seed0" / a) for a in ("msmae_masked", "msmae")]
     r = subprocess.run(["bash", "-c", diag + f' --arm_roots "{roots}" --repeats 1'], cwd=REPO, capture_output=True,
                        text=True, timeout=600)

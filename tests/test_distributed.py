@@ -36,7 +36,8 @@ CASES = {
 COMMON = dict(epochs=2, epoch_length=2, warmup_epochs=1, num_workers=0, num_threads=1)
 SHARD_RE = re.compile(r"rank (\d+)/(\d+): (\d+) of (\d+) training items \(ids #(\w+)\)")
 # SIGKILL rank 0 at the end of epoch 1, after its checkpoint handler ran (a node lost); torchrun then stops rank 1
-KILL = {"run": ["$@train#trainer.add_event_handler(medmae_ext.training.checkpoints.Events.EPOCH_COMPLETED(once=1), "
+KILL = {"+imports": ["$from ignite.engine import Events"],
+        "run": ["$@train#trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), "
                 "lambda e: medmae_ext.training.distributed.rank() == 0 and os.kill(os.getpid(), 9))", "$@train#trainer.run()"]}
 
 
@@ -71,8 +72,8 @@ def documented_command(bundle: str, base: str) -> str:
 def torchrun(command: str, root, overrides, timeout=420, extra_config=None):
     """``command`` as written, run by bash from the repository root, with ``--bundle_root root`` and ``overrides``
     appended (the last value of an option wins); ``extra_config`` is merged after the documented config list."""
-    if extra_config:
-        command = command.replace("multi_gpu_train.json']", f"multi_gpu_train.json','{extra_config}']")
+    if extra_config:  # appended to the documented list of config files
+        command = command.replace("']\"", f"','{extra_config}']\"", 1)
     full = " ".join([command, *map(shlex.quote, _cli(dict(overrides, bundle_root=str(root))))])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(["bash", "-c", full], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
@@ -126,9 +127,12 @@ def test_multi_gpu_config_under_torchrun(case, tmp_path, request):
     ckpt = torch.load(ckpt_dir / "checkpoint_2.pt", weights_only=True, map_location="cpu")
     assert ckpt["trainer"]["iteration"] == 4 and ckpt["trainer"]["epoch_length"] == 2
     assert not any(k.startswith("module.") for k in ckpt["network"])  # unwrapped: loads without DDP
+    # the run record is written under DDP too (rank 0), and describes the model.pt beside it
+    record = json.load(open(ckpt_dir / "metadata.json"))["medmae_run"]
+    assert record["status"] == "finished" and record["iterations_run"] == 4 and record["model_sha256"]
 
     # disjoint shards, each rank its own, of equal length; the logged digests are shard_items' own
-    from medmae_ext.training.checkpoints import items_digest
+    from medmae_ext.training.resume import items_digest
     from medmae_ext.training.distributed import shard_items
 
     logged = {int(m[0]): m for m in SHARD_RE.findall(out)}
@@ -143,9 +147,10 @@ def test_multi_gpu_config_under_torchrun(case, tmp_path, request):
     l1, l2 = train_losses(tmp_path / "one"), train_losses(tmp_path / "ddp")
     assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
     a, b = np.array([l1[i] for i in range(1, 5)]), np.array([l2[i] for i in range(1, 5)])
-    # seen: MAE, ViT, UNETR within 3%; MSMAE up to 31% (attention-drawn masks of 1-2 images per step, and its
-    # 1-process loss itself jumps when attention masking starts at epoch 2)
-    tolerance = 0.4 if bundle == "msmae_pretrain" else 0.1
+    # seen: MAE, ViT within 3%; UNETR up to 10% since its random encoder trains at the full learning rate (layer
+    # decay applies to loaded encoders only: bigger steps from different crops); MSMAE up to 31% (attention-drawn
+    # masks of 1-2 images per step, and its 1-process loss itself jumps when attention masking starts at epoch 2)
+    tolerance = 0.4 if bundle == "msmae_pretrain" else 0.15 if bundle == "unetr_segmentation" else 0.1
     assert np.all(np.isfinite(b)) and np.abs(b - a).max() / np.abs(a).mean() < tolerance, (a, b)
 
 

@@ -34,7 +34,15 @@ def test_docs_export_command_gives_a_program_equal_to_the_network(tmp_path, bund
     r = subprocess.run(["bash", "-c", cmds[0]], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     module, meta = load_program(str(tmp_path / "bundles" / bundle / "models" / "model.pt2"))
-    x = torch.rand(*shape)  # another batch size than the export's example
+    # another batch size than the export's example, in the stored intensity units: 0-255 for the X-ray classifier,
+    # Hounsfield units for UNETR; the program applies the intensity step itself (per-image min-max / HU window)
+    if bundle == "vit_classification":
+        x = torch.rand(*shape) * 255
+        lo, hi = x.flatten(1).amin(1).view(-1, 1, 1, 1), x.flatten(1).amax(1).view(-1, 1, 1, 1)
+        expected = (x - lo) / (hi - lo)
+    else:
+        x = torch.rand(*shape) * 2000 - 1000
+        expected = (x.clamp(-175, 250) + 175) / 425
     with torch.no_grad():
-        torch.testing.assert_close(module(x), net(x), rtol=1e-5, atol=1e-5)
-    assert meta == {}
+        torch.testing.assert_close(module(x), net(expected), rtol=1e-4, atol=1e-4)
+    assert any("applies the intensity step itself" in step for step in meta["preprocessing"])

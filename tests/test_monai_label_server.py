@@ -142,22 +142,24 @@ def _bundle_inference(py, bundle, image, out_dir):
 def test_monai_label_server_over_http(server_python, synth3d, tmp_path, tmp_path_factory):
     from test_zoo_pack import _place_weights, _repo_copy
 
-    work = tmp_path / "root"
-    os.makedirs(work / "studies")
-    os.symlink(os.path.abspath(ENV), work / ".venv-monailabel")
-    # the released bundle: packed with the weights of a run (here the network as initialised, seed 0) and their
-    # metadata.json; MONAI Label serves, and Slicer can train, only a bundle that has models/model.pt
-    repo = _repo_copy(tmp_path)
-    _place_weights(repo, B, "train.json")
-    r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", B, "--out", str(work / "dist"),
-                        "--models_dir", f"bundles/{B}/models", "--zip", "False"], cwd=repo, capture_output=True,
+    # the README's serving recipe, as written, in a copy of the repository: pack the trained bundle (weights of a
+    # run -- here the network as initialised, seed 0 -- with their run record), copy it into the sample app, start
+    work = _repo_copy(tmp_path)
+    os.makedirs(os.path.join(work, "studies"))
+    os.makedirs(os.path.join(work, "my_labels"))
+    open(os.path.join(work, "my_labels", "LICENSE.txt"), "w").write("test volumes: synthetic, no restriction\n")
+    os.symlink(os.path.abspath(ENV), os.path.join(work, ".venv-monailabel"))
+    _place_weights(work, B, "train.json")
+    pack, copy_app, start = readme_commands("### Serve it in MONAI Label")
+    assert pack.startswith("python scripts/pack_bundle.py --bundle unetr_segmentation --out dist")
+    assert start.startswith(". .venv-monailabel/bin/activate && monailabel start_server") and "--port 8000" in start
+    r = subprocess.run(["bash", "-c", pack], cwd=work, env={**os.environ, "PYTHONPATH": ""}, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    work = type(tmp_path)(work)
     images = sorted(glob.glob(os.path.join(synth3d, "imagesTr", "*.nii.gz")))[:4]
     for im in images:
         shutil.copy(im, work / "studies")
-    copy_app, start = readme_commands("#### Start the server", README)
-    assert start.startswith(". .venv-monailabel/bin/activate && monailabel start_server") and "--port 8000" in start
     subprocess.run(["bash", "-c", copy_app], cwd=work, check=True)
     bundle = str(work / "mlapp" / "model" / B)
     models = os.path.join(bundle, "models")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import BUNDLES, bundle_config, bundle_configs, captured_warnings, raised, run_bundle
 
-from medmae_ext.training.checkpoints import RunMismatchError
+from medmae_ext.training.resume import RunMismatchError
 from medmae_ext.errors import InputError
 from medmae_ext.training.guards import NonFiniteError
 from medmae_ext.training.runlock import LOCK_NAME, RunLockedError
@@ -182,7 +182,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_naming_both(tmp_path, synth2d):
     models = tmp_path / "models"
     data = open(models / "checkpoint_2.pt", "rb").read()
     open(models / "checkpoint_2.pt", "wb").write(data[: len(data) // 3])  # truncated by a full disk
-    with captured_warnings("medmae_ext.training.checkpoints") as warned:
+    with captured_warnings("medmae_ext.training.resume") as warned:
         wf = run_bundle(B, "train.json", **{**kw, "epochs": 3})
     assert any("checkpoint_1.pt" in w and "checkpoint_2.pt" in w and "newest intact" in w for w in warned), warned
     assert wf.parser.get_parsed_content("train#trainer").state.epoch == 3

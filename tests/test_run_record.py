@@ -55,7 +55,7 @@ def _cli(args, cwd=REPO, ok=True, timeout=900):
 def test_folder_labels_follow_class_names(tmp_path):
     """Item 1: with data_format 'folder' label k is the folder named class_names[k] (any case); names that are not the
     folders stop, naming both; without class_names the folder names (sorted) are the classes."""
-    from medmae_ext.bundle.record import Settings
+    from medmae_ext.bundle.settings import Settings
     from medmae_ext.data import DatalistError, class_names_for, image_folder, label_source
 
     root = _png_folder(tmp_path / "set")
@@ -73,7 +73,7 @@ def test_folder_labels_follow_class_names(tmp_path):
 
 
 def test_settings_check_names_the_id_and_both_values():
-    from medmae_ext.bundle.record import Settings
+    from medmae_ext.bundle.settings import Settings
 
     s = Settings({"img_size": [64, 64], "patch_size": [8, 8]}, {"settings": {"img_size": [28, 28]}, "path": "r.json"},
                  config_id="ckpt_path")

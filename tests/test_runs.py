@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO, bundle_config, captured_warnings, initial_weights, raised, run_bundle
 
-from medmae_ext.training.checkpoints import RunMismatchError
+from medmae_ext.training.resume import RunMismatchError
 
 B = "vit_classification"
 FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, val_interval=1, warmup_epochs=0)
@@ -47,10 +47,11 @@ def test_scratch_survives_the_cli_and_auto_loads_the_sibling_loudly(tmp_path, sy
     sib = torch.load(sibling, weights_only=True)[qkv]
     assert not torch.allclose(ck["network"][qkv], sib, atol=0.1)  # one step moves weights by far less than 0.1
     # default "auto" without a sibling (a bundle copied alone: zoo, MONAI Label): random weights, said so and recorded
-    rc, out = _cli(*common, "--bundle_root", tmp_path / "vit2")
+    alone = tmp_path / "alone" / "vit2"  # no mae_pretrain next to it
+    rc, out = _cli(*common, "--bundle_root", alone)
     assert rc == 0, out[-3000:]
     assert "does not exist, so this run starts from RANDOM weights" in out and "starts from RANDOM weights" in out
-    assert torch.load(tmp_path / "vit2" / "models" / "checkpoint_1.pt", weights_only=True)["run"]["init"] == "scratch"
+    assert torch.load(alone / "models" / "checkpoint_1.pt", weights_only=True)["run"]["init"] == "scratch"
     # (an explicit path that does not exist stops: test_classification_bundle.py)
     root3 = tmp_path / "vit_classification"
     rc, out = _cli(*common, "--resume", "False")

@@ -158,7 +158,7 @@ def test_raw_atlas_labels_stop_the_bundle_before_training_and_label_map_trains(t
     assert ev.parser.get_parsed_content("evaluator").state.metrics["mean_dice"] >= 0
     assert ev.parser.get_parsed_content("label_map") == {str(k): v for k, v in TS_V2.items()}
     # another map is another run (resume refuses it, naming the setting)
-    from medmae_ext.training.checkpoints import RunMismatchError
+    from medmae_ext.training.resume import RunMismatchError
 
     with pytest.raises(Exception) as info:
         run_bundle("unetr_segmentation", "train.json", bundle_root=str(root), data_path=dl,

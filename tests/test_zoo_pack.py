@@ -166,7 +166,7 @@ def _repo_copy(where) -> str:
         top = os.path.dirname(os.path.abspath(folder)) == os.path.join(REPO, "bundles")
         return {n for n in names if n == "__pycache__" or (top and n in outputs)}
 
-    for part in ("medmae_ext", "scripts", "bundles"):
+    for part in ("medmae_ext", "scripts", "bundles", "docs"):
         shutil.copytree(os.path.join(REPO, part), os.path.join(root, part), ignore=ignore)
     shutil.copy2(os.path.join(REPO, "README.md"), root)
     return root
@@ -184,10 +184,10 @@ def _readme_block(root: str, heading: str, readme: str = "README.md") -> str:
 
 
 def test_readme_release_commands_as_written(tmp_path):
-    """README "Model-zoo release": pack vit_classification with a finished run's weights, run it from inside."""
+    """docs/design.md "Release": pack vit_classification with a finished run's weights, run it from inside."""
     root = _repo_copy(tmp_path)
     _place_weights(root, "vit_classification", "train.json")
-    _readme_block(root, "## Model-zoo release")
+    _readme_block(root, "## Release", "docs/design.md")
     packed = os.path.join(root, "dist", "vit_classification")
     meta = json.load(open(os.path.join(packed, "configs", "metadata.json")))
     assert os.path.isfile(os.path.join(root, "dist", f"vit_classification_v{meta['version']}.zip"))

@@ -2,5 +2,5 @@
 run's settings before training (``checks``), running a config in-process (``workflow``), process settings
 (``runtime``)."""
 
-from . import checks, metadata, paths, record, runtime, workflow  # noqa: F401
+from . import checks, metadata, paths, record, runtime, settings, workflow  # noqa: F401
 from .paths import bundle_root  # noqa: F401

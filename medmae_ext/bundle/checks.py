@@ -1,5 +1,6 @@
 """Checks of a run's settings made before training starts, so that a short run does not silently skip part of
-its recipe. (MSMAE's attention start is checked by :class:`~medmae_ext.training.attention.AttentionRefresher`, which owns it.)"""
+its recipe. (MSMAE's attention start is checked by :class:`~medmae_ext.training.attention.AttentionRefresher`, which owns it.)
+"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 _WHAT = {
     "warmup_epochs": "the learning rate is still warming up when the run ends (the cosine decay never happens)",
     "val_interval": "the model is validated only once, at the end of the run (serving.EndOfRunValidation), so "
-                    "models/model.pt is the final model, never an earlier, better one",
+    "models/model.pt is the final model, never an earlier, better one",
 }
 
 
@@ -43,14 +44,27 @@ def enough_items(items, batch_size: int, drop_last: bool = True, split: str = "t
     no iteration and the run would end at once with no model (exit code 0). Returns the item count."""
     n = len(items)
     if n == 0 or (drop_last and n < int(batch_size)):
-        raise InputError(f"the {split} split has {n} item(s), fewer than one batch (--batch_size {batch_size}): "
-                         "an epoch would have no iteration. Lower --batch_size or add data.")
+        raise InputError(
+            f"the {split} split has {n} item(s), fewer than one batch (--batch_size {batch_size}): "
+            "an epoch would have no iteration. Lower --batch_size or add data."
+        )
     return n
 
 
 #: ``python -m monai.bundle run`` arguments that are not config ids
-RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "args_file", "tracking",
-                 "workflow_type", "workflow_name", "properties_path"}
+RUN_ARGUMENTS = {
+    "config_file",
+    "meta_file",
+    "logging_file",
+    "init_id",
+    "run_id",
+    "final_id",
+    "args_file",
+    "tracking",
+    "workflow_type",
+    "workflow_name",
+    "properties_path",
+}
 
 
 def known_ids(chain) -> set[str]:
@@ -87,7 +101,9 @@ def unknown_overrides(chain, argv=None) -> list[str]:
     for u in unknown:
         close = difflib.get_close_matches(u.split("#")[0], sorted(known), n=1, cutoff=0.75)
         if close:
-            raise InputError(f"--{u} is not a config id of {list(chain)}: did you mean --{close[0]}? (MONAI would "
-                             f"add '{u}' as a new, unused id and run with the configured {close[0]})")
+            raise InputError(
+                f"--{u} is not a config id of {list(chain)}: did you mean --{close[0]}? (MONAI would "
+                f"add {u!r} as a new, unused id and run with the configured {close[0]})"
+            )
         logger.warning(f"--{u} is not a config id of {list(chain)}: it is added as a new id that nothing reads")
     return unknown

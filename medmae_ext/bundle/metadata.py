@@ -23,20 +23,28 @@ def preprocessing_steps(settings: Mapping) -> list[str]:
     from ..data.intensity import intensity_description
 
     s = dict(settings)
-    steps = ["load the image channel first (PNG/JPEG/NIfTI/DICOM series via MONAI LoadImage; a MedMNIST .npz as "
-             "stored, spatial axes in MONAI reader order)"]
+    steps = [
+        "load the image channel first (PNG/JPEG/NIfTI/DICOM series via MONAI LoadImage; a MedMNIST .npz as "
+        "stored, spatial axes in MONAI reader order)"
+    ]
     if int(s.get("spatial_dims", 2)) == 3:
         steps.append(f"reorient to {s.get('orientation', 'RAS')}")
         steps.append(f"resample to spacing {s.get('pixdim')} mm (bilinear; labels nearest)")
         steps.append("intensity: " + intensity_description(s.get("modality"), s.get("a_min"), s.get("a_max")))
         if s.get("fit", "crop") == "resize":
-            steps.append(f"crop to the foreground (non-zero voxels after the intensity step) and resize it to "
-                         f"{s.get('img_size')}: the network sees the whole volume")
+            steps.append(
+                f"crop to the foreground (non-zero voxels after the intensity step) and resize it to "
+                f"{s.get('img_size')}: the network sees the whole volume"
+            )
         else:
-            steps.append("crop to the foreground (non-zero voxels after the intensity step); pad to at least "
-                         f"{s.get('img_size')}")
-            steps.append(f"network input: {s.get('img_size')} crops (training), sliding windows of that size with "
-                         "overlap (evaluation / segmentation inference)")
+            steps.append(
+                "crop to the foreground (non-zero voxels after the intensity step); pad to at least "
+                f"{s.get('img_size')}"
+            )
+            steps.append(
+                f"network input: {s.get('img_size')} crops (training), sliding windows of that size with "
+                "overlap (evaluation / segmentation inference)"
+            )
     else:
         steps.append("intensity: " + intensity_description(s.get("modality"), s.get("a_min"), s.get("a_max")))
         steps.append(f"resize to {s.get('img_size')} (MONAI Resized, mode 'area')")

@@ -38,7 +38,7 @@ def config_files(configs_dir: str, config: str | Sequence[str]) -> list[str]:
     base = BUNDLE_BASES.get(os.path.basename(os.path.dirname(os.path.abspath(configs_dir))))
     if base is None or not _is_override(os.path.join(configs_dir, "train.json")):  # a packed bundle is standalone
         return [os.path.join(configs_dir, c) for c in names]
-    base_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(configs_dir))), base, "configs")
+    base_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.normpath(configs_dir))), base, "configs")
     own = [c for c in names if os.path.isfile(os.path.join(configs_dir, c))]
     return [os.path.join(base_dir, c) for c in names] + [os.path.join(configs_dir, c) for c in own]
 
@@ -65,7 +65,8 @@ def require_base(chain, base: str, override: str) -> None:
         raise InputError(
             f"{override} is an override of {base}: run it merged on it, --config_file "
             f"\"['bundles/{b_bundle}/configs/{b_file}','bundles/{o_bundle}/configs/{o_file}']\" (in a packed bundle: "
-            f"\"['configs/{b_file}','configs/{o_file}']\")")
+            f"\"['configs/{b_file}','configs/{o_file}']\")"
+        )
 
 
 def run_bundle_config(configs_dir: str, config: str | Sequence[str], run_id: str = "training", **override):

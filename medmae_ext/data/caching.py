@@ -29,8 +29,9 @@ CACHE_KINDS = ("memory", "disk", "none")
 
 def _file_stamps(value, out: list) -> list:
     if isinstance(value, str) and os.path.exists(value):
-        paths = [value] if os.path.isfile(value) else sorted(
-            os.path.join(value, f) for f in os.listdir(value))  # a DICOM series folder: its files
+        paths = (
+            [value] if os.path.isfile(value) else sorted(os.path.join(value, f) for f in os.listdir(value))
+        )  # a DICOM series folder: its files
         out += [(p, os.path.getsize(p), os.path.getmtime(p)) for p in paths if os.path.isfile(p)]
     elif isinstance(value, (list, tuple)):
         for v in value:
@@ -46,8 +47,15 @@ def item_hash(item) -> bytes:
     return pickle_hashing((item, _file_stamps(item, [])))
 
 
-def cached_dataset(data, transform, cache: str = "memory", cache_dir: str | None = None, num_workers: int = 0,
-                   config_id: str = "dataset_cache", shard: dict | None = None):
+def cached_dataset(
+    data,
+    transform,
+    cache: str = "memory",
+    cache_dir: str | None = None,
+    num_workers: int = 0,
+    config_id: str = "dataset_cache",
+    shard: dict | None = None,
+):
     """A MONAI dataset over ``data`` that keeps the deterministic transforms' output as ``cache`` says (module doc).
 
     ``shard`` (the multi-GPU configs set it): keyword arguments of :func:`medmae_ext.training.distributed.shard_items`; the
@@ -58,13 +66,14 @@ def cached_dataset(data, transform, cache: str = "memory", cache_dir: str | None
 
         data = shard_items(data, **shard)
     if cache not in CACHE_KINDS:
-        raise DatalistError(f"config id '{config_id}' must be one of {CACHE_KINDS}, got {cache!r}")
+        raise DatalistError(f"config id {config_id!r} must be one of {CACHE_KINDS}, got {cache!r}")
     if cache == "memory":
         return CacheDataset(data, transform, cache_rate=1.0, num_workers=num_workers)
     if cache == "disk":
         if not cache_dir:
-            raise DatalistError(f"config id '{config_id}'='disk' needs a cache folder (config id 'cache_dir')")
+            raise DatalistError(f"config id {config_id!r}='disk' needs a cache folder (config id 'cache_dir')")
         os.makedirs(cache_dir, exist_ok=True)
-        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_func=item_hash,
-                                 hash_transform=pickle_hashing)
+        return PersistentDataset(
+            data, transform, cache_dir=cache_dir, hash_func=item_hash, hash_transform=pickle_hashing
+        )
     return Dataset(data, transform)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -34,16 +34,15 @@ def _name(it: dict, i: int) -> str:
 
 def check_item_keys(items, source: str = "datalist") -> list:
     """Stop, naming the first item and key, when an item lacks a key that other items of the list have."""
-    counts: dict[str, int] = defaultdict(int)
-    for it in items:
-        for k in it:
-            counts[k] += 1
+    counts = Counter(k for it in items for k in it)
     partial = sorted(k for k, n in counts.items() if n < len(items))
     if partial:
         k = partial[0]
         i, it = next((i, it) for i, it in enumerate(items) if k not in it)
-        raise DatalistError(f"{source}: {_name(it, i)} has no '{k}', which {counts[k]} of the {len(items)} items have "
-                            f"(keys of this item: {sorted(it)}): give every item the same keys")
+        raise DatalistError(
+            f"{source}: {_name(it, i)} has no {k!r}, which {counts[k]} of the {len(items)} items have "
+            f"(keys of this item: {sorted(it)}): give every item the same keys"
+        )
     return items
 
 
@@ -84,7 +83,7 @@ def content_digests(items, key: str = "image") -> list[str | None]:
 
 def _duplicates(items, digests) -> list[list[int]]:
     groups: dict[str, list[int]] = defaultdict(list)
-    for i, (it, d) in enumerate(zip(items, digests)):
+    for i, (it, d) in enumerate(zip(items, digests, strict=False)):
         path = it.get("image")
         groups["path:" + os.path.abspath(path) if isinstance(path, str) else f"#{i}"].append(i)
         if d is not None:
@@ -109,15 +108,17 @@ def check_splits(train, validation=None, source: str = "datalist", key: str = "i
         check_item_keys(validation, f"{source} [validation]")
     both = train + validation
     digests = content_digests(both, key)
-    dt, dv = digests[: len(train)], digests[len(train):]
+    dt, dv = digests[: len(train)], digests[len(train) :]
     for name, items, d in (("training", train, dt), ("validation", validation, dv)):
         dup = _duplicates(items, d)
         if dup:
             extra = sum(len(g) - 1 for g in dup)
             examples = "; ".join(" = ".join(str(items[i].get("id", i)) for i in g[:3]) for g in dup[:3])
-            logger.warning(f"{source} [{name}]: {extra} item(s) repeat another item of the split (same file or same "
-                           f"image content; {len(dup)} group(s), e.g. {examples}): each is trained / scored more than "
-                           "once")
+            logger.warning(
+                f"{source} [{name}]: {extra} item(s) repeat another item of the split (same file or same "
+                f"image content; {len(dup)} group(s), e.g. {examples}): each is trained / scored more than "
+                "once"
+            )
     if not validation:
         return train
 
@@ -127,14 +128,19 @@ def check_splits(train, validation=None, source: str = "datalist", key: str = "i
     tp, tc = keys_of(train, dt)
     vp, vc = keys_of(validation, dv)
     train_keys = {k for k in tp + tc if k is not None}
-    shared = [i for i, (p, c) in enumerate(zip(vp, vc)) if (p and p in train_keys) or (c and c in train_keys)]
+    shared = [
+        i for i, (p, c) in enumerate(zip(vp, vc, strict=False)) if (p and p in train_keys) or (c and c in train_keys)
+    ]
     if shared and len(shared) == len(validation) and len(validation) == len(train):
         raise DatalistError(
             f"{source}: the validation split is the training split ({len(train)} items, every one in both): the "
             "validation metric and the best model chosen by it would measure memorisation. Give a validation "
-            "section / split of its own.")
+            "section / split of its own."
+        )
     if shared:
         examples = ", ".join(str(validation[i].get("id", i)) for i in shared[:5])
-        logger.warning(f"{source}: {len(shared)} of the {len(validation)} validation items are also training items "
-                       f"(same file or same image content, e.g. {examples}): validation figures are inflated")
+        logger.warning(
+            f"{source}: {len(shared)} of the {len(validation)} validation items are also training items "
+            f"(same file or same image content, e.g. {examples}): validation figures are inflated"
+        )
     return train

@@ -32,16 +32,20 @@ def check_dicom_series(folder: str) -> int:
             ipp = [float(v) for v in ds.ImagePositionPatient]
             iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
         except Exception as e:
-            raise ImageReadError(f"DICOM series {folder}: slice {os.path.basename(f)} cannot be read "
-                                 f"({type(e).__name__}: {e}); the volume would be built without it. Replace or "
-                                 "remove the file (and check that no slice is missing).") from e
+            raise ImageReadError(
+                f"DICOM series {folder}: slice {os.path.basename(f)} cannot be read "
+                f"({type(e).__name__}: {e}); the volume would be built without it. Replace or "
+                "remove the file (and check that no slice is missing)."
+            ) from e
         series.setdefault(str(getattr(ds, "SeriesInstanceUID", "?")), []).append(os.path.basename(f))
         normal = np.cross(iop[:3], iop[3:])
         positions.append((float(np.dot(normal, ipp)), os.path.basename(f)))
     if len(series) > 1:
-        raise InputError(f"DICOM folder {folder} holds {len(series)} series ("
-                         + "; ".join(f"{uid}: {len(v)} files, e.g. {v[0]}" for uid, v in series.items())
-                         + "): give each series a folder of its own")
+        raise InputError(
+            f"DICOM folder {folder} holds {len(series)} series ("
+            + "; ".join(f"{uid}: {len(v)} files, e.g. {v[0]}" for uid, v in series.items())
+            + "): give each series a folder of its own"
+        )
     if len(positions) < 2:
         return len(positions)
     positions.sort()
@@ -58,5 +62,6 @@ def check_dicom_series(folder: str) -> int:
             f"DICOM series {folder}: the slices are not evenly spaced: {gaps[i]:.3g} mm between "
             f"{positions[i][1]} and {positions[i + 1][1]} where the series' spacing is {step:.3g} mm"
             f"{' (about ' + str(round(gaps[i] / step) - 1) + ' slice(s) missing)' if gaps[i] > step else ''}: a "
-            "volume built from them would be stretched and misplaced. Complete the series.")
+            "volume built from them would be stretched and misplaced. Complete the series."
+        )
     return len(positions)

@@ -20,7 +20,7 @@ def resampled_shape(shape, affine, pixdim) -> tuple[int, ...]:
     """Spatial shape of a volume of ``shape`` with voxel-to-world ``affine`` resampled to spacing ``pixdim``."""
     a = np.asarray(affine, dtype=np.float64)[:3, :3]
     spacing = np.sqrt((a**2).sum(axis=0))
-    return tuple(max(1, int(round(n * s / float(p)))) for n, s, p in zip(shape, spacing, pixdim))
+    return tuple(max(1, int(round(n * s / float(p)))) for n, s, p in zip(shape, spacing, pixdim, strict=False))
 
 
 def max_position_difference(shape, affine_a, affine_b) -> float:
@@ -59,13 +59,17 @@ class SafeSpacingd(Spacingd):
                     f"{source_of(d, key)}: spacing {spacing} mm, shape {tuple(img.shape[1:])}: resampled to pixdim "
                     f"{list(pixdim)} mm it would be {shape} = {n:,} voxels ({n * 4 / 2**30:.1f} GiB as float32), over "
                     f"the limit max_voxels={self.max_voxels:,}. A wrong spacing in the header? Fix the file, or raise "
-                    "--max_voxels if the volume really is that large.")
+                    "--max_voxels if the volume really is that large."
+                )
 
     def __call__(self, data, lazy=None):
         d = dict(data)
         self._check(d)
-        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and any(k.startswith(f"{key}_") for key in self.keys)
-                 and not isinstance(d[k], dict)}
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and any(k.startswith(f"{key}_") for key in self.keys) and not isinstance(d[k], dict)
+        }
         out = super().__call__(d, lazy=lazy)
         out.update(aside)
         return out

@@ -40,13 +40,18 @@ def intensity_description(modality, a_min=None, a_max=None) -> str:
     """What the intensity step does, in words (run record, exported metadata)."""
     kind = intensity_kind(modality)
     if kind == "window":
-        return (f"CT in Hounsfield units, windowed to [{a_min}, {a_max}] HU and scaled linearly to [0, 1], values "
-                "outside clipped")
+        return (
+            f"CT in Hounsfield units, windowed to [{a_min}, {a_max}] HU and scaled linearly to [0, 1], values "
+            "outside clipped"
+        )
     if kind == "normalize":
-        return ("MR, z-score normalised per volume over its non-zero voxels (mean 0, std 1; zero background kept "
-                "at 0)")
-    return ("min-max scaled per image to [0, 1] (MONAI ScaleIntensity: (x - min) / (max - min)); the network "
-            "expects exactly this, whatever the stored range (a /255 scaling is not the same)")
+        return (
+            "MR, z-score normalised per volume over its non-zero voxels (mean 0, std 1; zero background kept " "at 0)"
+        )
+    return (
+        "min-max scaled per image to [0, 1] (MONAI ScaleIntensity: (x - min) / (max - min)); the network "
+        "expects exactly this, whatever the stored range (a /255 scaling is not the same)"
+    )
 
 
 def intensity_range(modality) -> list:
@@ -69,15 +74,24 @@ class IntensityForModalityd(MapTransform):
         check: check each image against the modality (stop / warn naming the file).
     """
 
-    def __init__(self, keys: KeysCollection, modality: str = "CT", a_min: float | None = -175.0,
-                 a_max: float | None = 250.0, check: bool = True, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modality: str = "CT",
+        a_min: float | None = -175.0,
+        a_max: float | None = 250.0,
+        check: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.modality = str(modality)
         self.kind = intensity_kind(modality)
         if self.kind == "window":
             if a_min is None or a_max is None or not float(a_min) < float(a_max):
-                raise InputError(f"modality CT needs a window a_min < a_max (config ids 'a_min' / 'a_max'), got "
-                                 f"[{a_min}, {a_max}]")
+                raise InputError(
+                    f"modality CT needs a window a_min < a_max (config ids 'a_min' / 'a_max'), got "
+                    f"[{a_min}, {a_max}]"
+                )
             self.scale = ScaleIntensityRange(float(a_min), float(a_max), 0.0, 1.0, clip=True)
         elif self.kind == "normalize":
             self.scale = NormalizeIntensity(nonzero=True, channel_wise=True)
@@ -97,13 +111,18 @@ class IntensityForModalityd(MapTransform):
                     f"{where} does not look like a CT in Hounsfield units: no air (lowest value {low:g}, a CT has "
                     f"values near -1000) and {above:.0%} of the voxels above {self.a_min} lie above the window's top "
                     f"{self.a_max}, so the HU window would clip them all to 1. An MRI? Set --modality MR (per-volume "
-                    "normalisation); another modality: --modality other (min-max per image).")
+                    "normalisation); another modality: --modality other (min-max per image)."
+                )
             if low > CT_AIR_BELOW:
-                logger.warning(f"{where}: modality CT but no value below {CT_AIR_BELOW:g} HU (lowest {low:g}): no air "
-                               "in the field of view, or not Hounsfield units (check the file and --modality)")
+                logger.warning(
+                    f"{where}: modality CT but no value below {CT_AIR_BELOW:g} HU (lowest {low:g}): no air "
+                    "in the field of view, or not Hounsfield units (check the file and --modality)"
+                )
         elif self.kind == "normalize" and float(x.min()) < -900:
-            logger.warning(f"{where}: modality MR but values reach {float(x.min()):g}, like air in Hounsfield units: "
-                           "a CT? Set --modality CT")
+            logger.warning(
+                f"{where}: modality MR but values reach {float(x.min()):g}, like air in Hounsfield units: "
+                "a CT? Set --modality CT"
+            )
 
     def __call__(self, data):
         from .transforms import source_of

@@ -31,8 +31,15 @@ __all__ = ["preprocessing", "ORIENTATION_LABELS"]
 ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-def preprocessing(settings: Mapping, keys: Sequence[str] = ("image",), label_map=None, num_classes: int | None = None,
-                  crop: bool = False, ensure: bool = False, max_voxels: int = MAX_VOXELS) -> list:
+def preprocessing(
+    settings: Mapping,
+    keys: Sequence[str] = ("image",),
+    label_map=None,
+    num_classes: int | None = None,
+    crop: bool = False,
+    ensure: bool = False,
+    max_voxels: int = MAX_VOXELS,
+) -> list:
     """The deterministic transforms for ``settings`` (``spatial_dims``, ``in_channels``, ``img_size``, ``modality``,
     ``a_min``/``a_max``; 3D: ``orientation``, ``pixdim``). ``keys``: the image first, then a label map if any (3D).
     ``ensure``: end with ``EnsureTyped`` (evaluation / inference batches)."""
@@ -47,8 +54,9 @@ def preprocessing(settings: Mapping, keys: Sequence[str] = ("image",), label_map
     intensity = IntensityForModalityd(image, s.get("modality", "other"), s.get("a_min"), s.get("a_max"))
     if dims == 3:
         out.append(Orientationd(keys, axcodes=s.get("orientation", "RAS"), labels=ORIENTATION_LABELS))
-        out.append(SafeSpacingd(keys, pixdim=s["pixdim"], mode=["bilinear"] + ["nearest"] * len(labels),
-                                max_voxels=max_voxels))
+        out.append(
+            SafeSpacingd(keys, pixdim=s["pixdim"], mode=["bilinear"] + ["nearest"] * len(labels), max_voxels=max_voxels)
+        )
         out.append(intensity)
         if crop:
             out.append(CropForegroundd(keys, source_key=image, select_fn=nonzero, allow_smaller=True))

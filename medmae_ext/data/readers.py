@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import UserList
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,16 +18,52 @@ from monai.data import load_decathlon_datalist
 
 from ..errors import InputError
 
-__all__ = ["Datalist", "image_list", "is_dicom_series", "load_datalist", "load_medmnist_npz", "check_files", "DatalistError"]
+__all__ = [
+    "Datalist",
+    "lazy",
+    "image_list",
+    "is_dicom_series",
+    "load_datalist",
+    "load_medmnist_npz",
+    "check_files",
+    "DatalistError",
+]
 
 PATH_KEYS = ("image", "label", "mask", "lesion")
 
 
-class Datalist(list):
-    """The items a bundle read itself from its ``data_format`` / ``data_path`` (every reader returns one). Items given
+class Datalist(UserList):
+    """The items a bundle reads itself from its ``data_format`` / ``data_path`` (every reader returns one). Items given
     to a bundle directly -- MONAI Label overrides ``train#dataset#data`` with its datastore's labelled images -- are
     a plain ``list``: :func:`medmae_ext.training.serving.data_supplied` tells them apart by this type alone, whoever
-    started the run."""
+    started the run.
+
+    With ``loader`` the items are read on first use (:func:`lazy`), not when the config id is evaluated: MONAI Label
+    (3D Slicer sends ``run_id ""``) evaluates every id of ``train.json``, and a bundle given its items directly must
+    then neither read nor write (the synthetic default) its own data."""
+
+    def __init__(self, items=None, loader=None) -> None:
+        self._loader = loader
+        self._items = None if loader is not None else list(items or [])
+
+    @property
+    def data(self) -> list:
+        if self._items is None:
+            self._items = list(self._loader())
+            self._loader = None
+        return self._items
+
+    @data.setter
+    def data(self, value) -> None:
+        self._items, self._loader = list(value), None
+
+    def __reduce__(self):  # pickled (DataLoader workers, caches) with its items, read
+        return (Datalist, (self.data,))
+
+
+def lazy(reader, *args, **kwargs) -> Datalist:
+    """``reader(*args, **kwargs)``'s items, read when first used (see :class:`Datalist`)."""
+    return Datalist(loader=lambda: reader(*args, **kwargs))
 
 
 class DatalistError(InputError):
@@ -42,7 +79,7 @@ def check_files(items: list[dict], source: str, keys: Sequence[str] = PATH_KEYS)
             paths = v if isinstance(v, (list, tuple)) else [v]
             for p in paths:
                 if isinstance(p, str) and not os.path.exists(p):
-                    missing.append(f"item {i} (id={item.get('id', '?')}) key '{k}': {p}")
+                    missing.append(f"item {i} (id={item.get('id', '?')}) key {k!r}: {p}")
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise DatalistError(f"{source}: missing file(s): " + "; ".join(missing[:3]) + more)
@@ -72,20 +109,22 @@ def load_datalist(
         raise DatalistError(f"{datalist_file} is not valid JSON: {e}") from e
     if data_list_key not in raw:
         raise DatalistError(
-            f"{datalist_file} has no section '{data_list_key}' (sections: {sorted(k for k in raw if isinstance(raw[k], list))})"
+            f"{datalist_file} has no section {data_list_key!r} (sections: {sorted(k for k in raw if isinstance(raw[k], list))})"
         )
     if not raw[data_list_key]:
-        raise DatalistError(f"{datalist_file}: section '{data_list_key}' is empty")
+        raise DatalistError(f"{datalist_file}: section {data_list_key!r} is empty")
     for i, item in enumerate(raw[data_list_key]):
         if not isinstance(item, dict):
             raise DatalistError(f"{datalist_file}: {data_list_key}[{i}] is {type(item).__name__}, expected an object")
         for k in required_keys:
             if k not in item:
-                raise DatalistError(f"{datalist_file}: {data_list_key}[{i}] has no key '{k}' (keys: {sorted(item)})")
+                raise DatalistError(f"{datalist_file}: {data_list_key}[{i}] has no key {k!r} (keys: {sorted(item)})")
     base_dir = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist_file))
     if is_segmentation is None:
-        is_segmentation = any(isinstance(it.get("label"), str) and os.path.exists(os.path.join(base_dir, it["label"]))
-                              for it in raw[data_list_key])
+        is_segmentation = any(
+            isinstance(it.get("label"), str) and os.path.exists(os.path.join(base_dir, it["label"]))
+            for it in raw[data_list_key]
+        )
     items = load_decathlon_datalist(datalist_file, is_segmentation, data_list_key, base_dir)
     for item in items:
         if "id" not in item:
@@ -122,16 +161,16 @@ def load_medmnist_npz(path: str, split: str = "training", max_items: int | None 
         ik, lk = f"{prefix}_images", f"{prefix}_labels"
         for k in (ik, lk):
             if k not in npz.files:
-                raise DatalistError(f"{path} has no array '{k}' (arrays: {sorted(npz.files)})")
+                raise DatalistError(f"{path} has no array {k!r} (arrays: {sorted(npz.files)})")
         images, labels = npz[ik], npz[lk]
     if len(images) != len(labels):
-        raise DatalistError(f"{path}: '{ik}' has {len(images)} entries but '{lk}' has {len(labels)}")
+        raise DatalistError(f"{path}: {ik!r} has {len(images)} entries but {lk!r} has {len(labels)}")
     if images.ndim == 4 and images.shape[-1] in (3, 4) and images.shape[1] not in (3, 4):
         images = np.moveaxis(images, -1, 1)  # N, H, W, C -> N, C, H, W (RGB MedMNIST)
     elif images.ndim in (3, 4):
         images = images[:, None]  # grey 2D [N, H, W] or 3D [N, D, H, W]
     else:
-        raise DatalistError(f"{path}: '{ik}' has shape {images.shape}; expected [N, H, W(, 3)] or [N, D, H, W]")
+        raise DatalistError(f"{path}: {ik!r} has shape {images.shape}; expected [N, H, W(, 3)] or [N, D, H, W]")
     spatial = list(range(2, images.ndim))
     images = images.transpose([0, 1] + spatial[::-1])  # numpy row-major -> MONAI reader order (see docstring)
     scale = 255.0 if images.dtype == np.uint8 else 1.0

@@ -24,8 +24,15 @@ from ..errors import ImageReadError, LabelError
 from .geometry import max_position_difference
 from .readers import Datalist, DatalistError, load_datalist
 
-__all__ = ["segmentation_items", "label_lookup", "map_label_ids", "check_segmentation_items", "AFFINE_ATOL",
-           "ORGAN_VOLUMES_ML", "organ_range"]
+__all__ = [
+    "segmentation_items",
+    "label_lookup",
+    "map_label_ids",
+    "check_segmentation_items",
+    "AFFINE_ATOL",
+    "ORGAN_VOLUMES_ML",
+    "organ_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +44,31 @@ AFFINE_ATOL = 1e-2
 #: always suspect; below half the bottom only when the organ does not reach the edge of the volume (a field of view
 #: that cuts an organ leaves a part of it). Sources: adult CT volumetry ranges, rounded outward.
 ORGAN_VOLUMES_ML = {
-    "liver": (800, 3000), "spleen": (40, 1000), "kidney": (50, 400), "kidneys": (100, 800), "aorta": (10, 400),
-    "pancreas": (30, 200), "stomach": (50, 2000), "gallbladder": (5, 200), "adrenal": (1, 25), "esophagus": (5, 100),
-    "lung": (500, 4000), "heart": (300, 1500), "bladder": (20, 800), "prostate": (10, 120),
+    "liver": (800, 3000),
+    "spleen": (40, 1000),
+    "kidney": (50, 400),
+    "kidneys": (100, 800),
+    "aorta": (10, 400),
+    "pancreas": (30, 200),
+    "stomach": (50, 2000),
+    "gallbladder": (5, 200),
+    "adrenal": (1, 25),
+    "esophagus": (5, 100),
+    "lung": (500, 4000),
+    "heart": (300, 1500),
+    "bladder": (20, 800),
+    "prostate": (10, 120),
 }
 
 
-def segmentation_items(data_format: str, path: str, split: str = "training", max_items: int | None = None,
-                       **kwargs) -> list[dict]:
+def segmentation_items(
+    data_format: str,
+    path: str,
+    split: str = "training",
+    max_items: int | None = None,
+    synthetic: dict | None = None,
+    **kwargs,
+) -> list[dict]:
     """Image + label-map items for segmentation bundles: ``data_format`` must be ``datalist`` (a decathlon JSON whose
     items have ``image`` and ``label`` files, e.g. BTCV's ``dataset_0.json``; an ``image`` may be a DICOM series
     folder); the other formats carry no masks and are refused with that said."""
@@ -53,6 +77,9 @@ def segmentation_items(data_format: str, path: str, split: str = "training", max
             f"data_format {data_format!r} carries no segmentation masks: a segmentation bundle reads data_format "
             "'datalist' (a decathlon-style JSON whose items have 'image' and 'label' files)"
         )
+    from .synthetic import ensure_synthetic
+
+    ensure_synthetic(data_format, path, synthetic)
     items = load_datalist(path, split, required_keys=("image", "label"), **kwargs)
     return Datalist(items[: int(max_items)] if max_items else items)
 
@@ -73,13 +100,17 @@ def label_lookup(label_map: Mapping | None, num_classes: int) -> np.ndarray | No
     if label_map is None:
         return None
     if not isinstance(label_map, Mapping) or not label_map:
-        raise LabelError(f"label_map must be a non-empty mapping {{source_id: class_index}}, got {label_map!r} "
-                         "(e.g. --label_map \"{5: 1, 1: 2, 2: 3, 3: 3, 52: 4}\")")
+        raise LabelError(
+            f"label_map must be a non-empty mapping {{source_id: class_index}}, got {label_map!r} "
+            '(e.g. --label_map "{5: 1, 1: 2, 2: 3, 3: 3, 52: 4}")'
+        )
     pairs = {_as_int(k, "source id"): _as_int(v, f"class for source id {k!r}") for k, v in label_map.items()}
     bad = {k: v for k, v in pairs.items() if k < 0 or not 0 <= v < num_classes}
     if bad:
-        raise LabelError(f"label_map entries {bad}: source ids must be >= 0 and classes within 0..{num_classes - 1} "
-                         "(the indices of label_names)")
+        raise LabelError(
+            f"label_map entries {bad}: source ids must be >= 0 and classes within 0..{num_classes - 1} "
+            "(the indices of label_names)"
+        )
     lut = np.zeros(max(pairs) + 1, dtype=np.int64)
     for k, v in pairs.items():
         lut[k] = v
@@ -142,7 +173,7 @@ def _touches_border(mask: np.ndarray) -> bool:
 def _volume_warnings(where: str, path: str, classes: np.ndarray, names: dict, voxel_ml: float) -> tuple[dict, list]:
     """Per-class volume (mL) of one mapped label array, and the warnings for implausible ones."""
     ids, counts = np.unique(classes, return_counts=True)
-    volumes = {int(c): float(n) * voxel_ml for c, n in zip(ids, counts) if c != 0}
+    volumes = {int(c): float(n) * voxel_ml for c, n in zip(ids, counts, strict=False) if c != 0}
     out = []
     for c, ml in volumes.items():
         rng = organ_range(names.get(c, ""))
@@ -150,16 +181,25 @@ def _volume_warnings(where: str, path: str, classes: np.ndarray, names: dict, vo
             continue
         lo, hi = rng
         if ml > 2 * hi or (ml < lo / 2 and not _touches_border(classes == c)):
-            out.append(f"{where}: class {c} '{names[c]}' is {ml:.1f} mL in {path}, far outside {lo}-{hi} mL for a "
-                       f"whole {names[c]}{' (and it does not reach the edge of the volume)' if ml < lo else ''}: is "
-                       "label_map written for this atlas (version)? Check the map against the atlas's id table.")
+            out.append(
+                f"{where}: class {c} {names[c]!r} is {ml:.1f} mL in {path}, far outside {lo}-{hi} mL for a "
+                f"whole {names[c]}{' (and it does not reach the edge of the volume)' if ml < lo else ''}: is "
+                "label_map written for this atlas (version)? Check the map against the atlas's id table."
+            )
     return volumes, out
 
 
-def check_segmentation_items(items: list[dict], label_names, label_map: Mapping | None = None,
-                             in_channels: int | None = None, source: str = "datalist",
-                             require_all_classes: bool = True, image_key: str = "image",
-                             label_key: str = "label", organ_volumes: bool = True) -> list[dict]:
+def check_segmentation_items(
+    items: list[dict],
+    label_names,
+    label_map: Mapping | None = None,
+    in_channels: int | None = None,
+    source: str = "datalist",
+    require_all_classes: bool = True,
+    image_key: str = "image",
+    label_key: str = "label",
+    organ_volumes: bool = True,
+) -> list[dict]:
     """Check every item's label map against its image and the bundle's classes; returns ``items``.
 
     Per item (errors name the item, both files and the values): the label file and the image header can be read;
@@ -175,12 +215,18 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
     its name implies (:data:`ORGAN_VOLUMES_ML`) is warned about, naming the item; so is an item whose label is all
     background.
     """
-    names = {int(k): v for k, v in dict(label_names).items()} if isinstance(label_names, Mapping) else dict(
-        enumerate(label_names))
+    names = (
+        {int(k): v for k, v in dict(label_names).items()}
+        if isinstance(label_names, Mapping)
+        else dict(enumerate(label_names))
+    )
     num_classes = len(names)
     lut = label_lookup(label_map, num_classes)
-    hint = ("set label_map to map the source ids to these classes (unetr_segmentation docs: 'Real CT')"
-            if lut is None else "extend label_map or fix the label file")
+    hint = (
+        "set label_map to map the source ids to these classes (unetr_segmentation docs: 'Real CT')"
+        if lut is None
+        else "extend label_map or fix the label file"
+    )
     present: set[int] = set()
     source_ids: set[int] = set()
     per_class_ml: dict[int, list[float]] = {}
@@ -188,33 +234,45 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
         img_path, lab_path = it.get(image_key), it.get(label_key)
         where = f"{source}: item {i} (id={it.get('id', '?')})"
         if not isinstance(img_path, str) or not isinstance(lab_path, str):
-            raise LabelError(f"{where}: '{image_key}' and '{label_key}' must be file paths, got "
-                             f"{type(img_path).__name__} / {type(lab_path).__name__}")
+            raise LabelError(
+                f"{where}: {image_key!r} and {label_key!r} must be file paths, got "
+                f"{type(img_path).__name__} / {type(lab_path).__name__}"
+            )
         i_shape, i_ch, i_aff, _ = _read(img_path, with_data=False)
         l_shape, l_ch, l_aff, lab = _read(lab_path, with_data=True)
         if in_channels is not None and i_ch != in_channels:
-            raise LabelError(f"{where}: image {img_path} has {i_ch} channel(s), the network expects {in_channels} "
-                             "(config id 'in_channels')")
+            raise LabelError(
+                f"{where}: image {img_path} has {i_ch} channel(s), the network expects {in_channels} "
+                "(config id 'in_channels')"
+            )
         if l_ch != 1:
-            raise LabelError(f"{where}: label {lab_path} has {l_ch} channels (shape {l_shape + (l_ch,)}); a label map "
-                             "is one integer class per voxel")
+            raise LabelError(
+                f"{where}: label {lab_path} has {l_ch} channels (shape {l_shape + (l_ch,)}); a label map "
+                "is one integer class per voxel"
+            )
         ci, cl = _canonical(i_shape, i_aff), _canonical(l_shape, l_aff)
         if ci[0] != cl[0]:
-            raise LabelError(f"{where}: label {lab_path} has spatial shape {l_shape} but its image {img_path} has "
-                             f"{i_shape}: the label must be drawn on (saved on the grid of) its own image")
+            raise LabelError(
+                f"{where}: label {lab_path} has spatial shape {l_shape} but its image {img_path} has "
+                f"{i_shape}: the label must be drawn on (saved on the grid of) its own image"
+            )
         if not np.allclose(ci[1], cl[1], atol=AFFINE_ATOL):
             diff = max_position_difference(ci[0], ci[1], cl[1])
-            raise LabelError(f"{where}: label {lab_path} and image {img_path} have the same shape but different "
-                             f"positions in space (the same voxel lies up to {diff:.4g} mm apart in the two files, at a "
-                             f"corner of the volume):\nimage affine\n"
-                             f"{np.round(i_aff, 4)}\nlabel affine\n{np.round(l_aff, 4)}\nthe label must be saved on "
-                             "the grid of its own image")
+            raise LabelError(
+                f"{where}: label {lab_path} and image {img_path} have the same shape but different "
+                f"positions in space (the same voxel lies up to {diff:.4g} mm apart in the two files, at a "
+                f"corner of the volume):\nimage affine\n"
+                f"{np.round(i_aff, 4)}\nlabel affine\n{np.round(l_aff, 4)}\nthe label must be saved on "
+                "the grid of its own image"
+            )
         values = np.unique(lab)
         if values.dtype.kind == "f":
             frac = values[values != np.round(values)]
             if frac.size:
-                raise LabelError(f"{where}: label {lab_path} has non-integer values {frac[:5].tolist()}: a label map "
-                                 "holds class ids (resampled with linear interpolation? use nearest)")
+                raise LabelError(
+                    f"{where}: label {lab_path} has non-integer values {frac[:5].tolist()}: a label map "
+                    "holds class ids (resampled with linear interpolation? use nearest)"
+                )
         ids = values.astype(np.int64)
         if (ids < 0).any():
             raise LabelError(f"{where}: label {lab_path} has negative values {ids[ids < 0][:10].tolist()}")
@@ -225,7 +283,8 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
                 raise LabelError(
                     f"{where}: label {lab_path} has values {outside[:20].tolist()}"
                     f"{' ...' if outside.size > 20 else ''} outside the classes 0..{num_classes - 1} of label_names "
-                    f"{names}: {hint}")
+                    f"{names}: {hint}"
+                )
             present.update(ids.tolist())
             classes = np.asarray(lab).reshape(l_shape).astype(np.int64)
         else:
@@ -239,24 +298,36 @@ def check_segmentation_items(items: list[dict], label_names, label_map: Mapping 
             for w in warnings:
                 logger.warning(w)
         if not volumes and require_all_classes:
-            logger.warning(f"{where}: label {lab_path} is all background after "
-                           f"{'label_map' if lut is not None else 'reading'}: this item teaches only background")
+            logger.warning(
+                f"{where}: label {lab_path} is all background after "
+                f"{'label_map' if lut is not None else 'reading'}: this item teaches only background"
+            )
     if items and not present - {0}:
-        raise LabelError(f"{source}: every label is background only"
-                         f"{' after label_map ' + str(dict(label_map)) if lut is not None else ''} "
-                         f"(values found: {sorted(source_ids)[:30]}): {hint}")
+        raise LabelError(
+            f"{source}: every label is background only"
+            f"{' after label_map ' + str(dict(label_map)) if lut is not None else ''} "
+            f"(values found: {sorted(source_ids)[:30]}): {hint}"
+        )
     missing = {c: names[c] for c in range(1, num_classes) if c not in present}
     if items and missing:
-        msg = (f"{source}: classes {missing} of label_names occur in no label"
-               f"{' after label_map' if lut is not None else ''} (values found: {sorted(source_ids)[:30]})")
+        msg = (
+            f"{source}: classes {missing} of label_names occur in no label"
+            f"{' after label_map' if lut is not None else ''} (values found: {sorted(source_ids)[:30]})"
+        )
         if require_all_classes:
-            raise LabelError(f"{msg}: the network cannot learn a class it never sees. Fix label_map (another atlas "
-                             "version?) or drop the class from label_names.")
+            raise LabelError(
+                f"{msg}: the network cannot learn a class it never sees. Fix label_map (another atlas "
+                "version?) or drop the class from label_names."
+            )
         logger.warning(msg)
     if per_class_ml:
-        logger.info(f"{source}: class volumes in mL over {len(items)} item(s) (min / median / max): " + "; ".join(
-            f"{names.get(c, c)} {min(v):.1f} / {float(np.median(v)):.1f} / {max(v):.1f}"
-            for c, v in sorted(per_class_ml.items())))
+        logger.info(
+            f"{source}: class volumes in mL over {len(items)} item(s) (min / median / max): "
+            + "; ".join(
+                f"{names.get(c, c)} {min(v):.1f} / {float(np.median(v)):.1f} / {max(v):.1f}"
+                for c, v in sorted(per_class_ml.items())
+            )
+        )
     if lut is not None and items:
         unused = sorted(int(k) for k in np.flatnonzero(lut).tolist() if k not in source_ids)
         if unused:

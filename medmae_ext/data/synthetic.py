@@ -20,7 +20,14 @@ import os
 
 import numpy as np
 
-__all__ = ["lesion_batch", "make_synthetic_2d", "make_synthetic_3d", "make_synthetic_dataset", "CLASSES_2D", "ORGANS_3D"]
+__all__ = [
+    "lesion_batch",
+    "make_synthetic_2d",
+    "make_synthetic_3d",
+    "make_synthetic_dataset",
+    "CLASSES_2D",
+    "ORGANS_3D",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +75,7 @@ def _existing(out_dir: str, params: dict) -> str | None:
 def _blob(shape, center, radii, rng=None, irregular: float = 0.0) -> np.ndarray:
     """Soft ellipsoid/ellipse in [0, 1] (optionally with a lumpy boundary)."""
     grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii))
+    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii, strict=False))
     if irregular and rng is not None:
         ang = np.arctan2(grids[1] - center[1], grids[0] - center[0])
         k, ph = rng.integers(3, 6), rng.uniform(0, 2 * np.pi)
@@ -255,3 +262,13 @@ def trained_on(data_source: str, dataset_dir: str) -> str:
     states the weights' data licence."""
     default = "datalist:" + os.path.abspath(os.path.join(dataset_dir, "datalist.json"))
     return "synthetic" if str(data_source) == default else str(data_source)
+
+
+def ensure_synthetic(data_format: str, path: str, synthetic: dict | None) -> None:
+    """Write the bundle's synthetic set (``synthetic``: ``{"dir": <folder>, "kind": "2d" | "3d"}``, the config id of
+    that name) when ``path`` is its datalist and it is missing; anything else is left alone."""
+    if not synthetic or data_format != "datalist":
+        return
+    default = os.path.join(str(synthetic["dir"]), "datalist.json")
+    if os.path.abspath(str(path)) == os.path.abspath(default):
+        synthetic_datalist(str(synthetic["dir"]), str(synthetic["kind"]))

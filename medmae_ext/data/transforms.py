@@ -23,7 +23,7 @@ def source_of(data: dict, key: str) -> str:
     """Best description of where ``data[key]`` came from: its file name, else the item's id."""
     meta = getattr(data.get(key), "meta", None) or {}
     src = meta.get("filename_or_obj") or data.get("id")
-    return f"'{src}'" if src else "(in-memory item)"
+    return f"{src!r}" if src else "(in-memory item)"
 
 
 class _NamingLoader:
@@ -77,13 +77,17 @@ class LoadImaged(_MonaiLoadImaged):
                 if isinstance(d[k], MetaTensor):
                     d[k].meta["filename_or_obj"] = os.path.normpath(folder)
                 if slices[k] > 1 and slices[k] not in tuple(d[k].shape[1:]):
-                    raise InputError(f"DICOM series {folder}: {slices[k]} slices, but the volume read has shape "
-                                     f"{tuple(d[k].shape[1:])}: slices were dropped while reading")
+                    raise InputError(
+                        f"DICOM series {folder}: {slices[k]} slices, but the volume read has shape "
+                        f"{tuple(d[k].shape[1:])}: slices were dropped while reading"
+                    )
             return d
         others = [k for k in self.key_iterator(d) if k not in arrays]
         if others:
-            raise InputError(f"{source_of(d, arrays[0])}: {arrays} are arrays but {others} are not: give every key of "
-                            "an item as a file path, or every key as an array.")
+            raise InputError(
+                f"{source_of(d, arrays[0])}: {arrays} are arrays but {others} are not: give every key of "
+                "an item as a file path, or every key as an array."
+            )
         for k in arrays:
             d[k] = MetaTensor(torch.as_tensor(np.asarray(d[k])), meta={"filename_or_obj": str(d.get("id", k))})
         return d
@@ -117,16 +121,16 @@ class ValidateImaged(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             if not isinstance(img, (np.ndarray, torch.Tensor)):
-                raise InputError(f"{source_of(d, key)}: '{key}' is a {type(img).__name__}, expected an image array.")
+                raise InputError(f"{source_of(d, key)}: {key!r} is a {type(img).__name__}, expected an image array.")
             shape = tuple(img.shape)
             if self.spatial_dims is not None and len(shape) - 1 != self.spatial_dims:
                 raise InputError(
-                    f"{source_of(d, key)}: '{key}' has shape {shape} (channel first), i.e. {len(shape) - 1} spatial "
+                    f"{source_of(d, key)}: {key!r} has shape {shape} (channel first), i.e. {len(shape) - 1} spatial "
                     f"dims, but this config expects {self.spatial_dims}D images."
                 )
             if self.channels is not None and shape[0] != self.channels:
                 raise InputError(
-                    f"{source_of(d, key)}: '{key}' has {shape[0]} channel(s) (shape {shape}) but the network expects "
+                    f"{source_of(d, key)}: {key!r} has {shape[0]} channel(s) (shape {shape}) but the network expects "
                     f"{self.channels} (config id 'in_channels'): convert the images or change 'in_channels'."
                 )
             if self.finite:
@@ -135,8 +139,9 @@ class ValidateImaged(MapTransform):
                     bad = ~torch.isfinite(t)
                     if bad.any():
                         raise InputError(
-                            f"{source_of(d, key)}: '{key}' has {int(bad.sum())} NaN/Inf voxel(s) of {t.numel()} "
-                            f"(first at index {tuple(int(i) for i in bad.nonzero()[0])}): fix or drop this image.")
+                            f"{source_of(d, key)}: {key!r} has {int(bad.sum())} NaN/Inf voxel(s) of {t.numel()} "
+                            f"(first at index {tuple(int(i) for i in bad.nonzero()[0])}): fix or drop this image."
+                        )
         return d
 
 
@@ -149,8 +154,9 @@ class RemapLabeld(MapTransform):
     loading, before any resampling, so that only the source ids are ever seen. The map is checked by
     :func:`medmae_ext.data.label_lookup` (errors name the config id ``label_map``)."""
 
-    def __init__(self, keys: KeysCollection, label_map: dict | None, num_classes: int,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, label_map: dict | None, num_classes: int, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         from .segmentation import label_lookup
 
@@ -193,18 +199,18 @@ class AttachAttentiond(MapTransform, RandomizableTrait):
         if not len(self.cache):
             return d
         if self.id_key not in d:
-            raise KeyError(f"AttachAttentiond needs '{self.id_key}' in every item (keys: {sorted(d)})")
+            raise KeyError(f"AttachAttentiond needs {self.id_key!r} in every item (keys: {sorted(d)})")
         grid_map = self.cache.get(d[self.id_key])
         if grid_map is None:
             raise KeyError(f"no attention map cached for sample {d[self.id_key]!r}: refresh the cache on this dataset")
         spatial = tuple(d[self.image_key].shape[1:])
-        if len(spatial) != grid_map.ndim or any(s % g for s, g in zip(spatial, grid_map.shape)):
+        if len(spatial) != grid_map.ndim or any(s % g for s, g in zip(spatial, grid_map.shape, strict=False)):
             raise ValueError(
                 f"{source_of(d, self.image_key)}: image of spatial shape {spatial} does not tile the attention grid "
                 f"{tuple(grid_map.shape)}: attach the map where the image has the network's img_size."
             )
         full = grid_map
-        for axis, (s, g) in enumerate(zip(spatial, grid_map.shape)):
+        for axis, (s, g) in enumerate(zip(spatial, grid_map.shape, strict=False)):
             full = full.repeat_interleave(s // g, dim=axis)
         d[self.attention_key] = full.unsqueeze(0).float()
         return d

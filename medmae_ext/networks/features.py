@@ -54,8 +54,16 @@ class EncoderFeatures(nn.Module):
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r} (config id 'pooling').")
         self.encoder = ViTEncoder(
-            in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias,
-            pos_embed_type="sincos", spatial_dims=spatial_dims,
+            in_channels,
+            img_size,
+            patch_size,
+            hidden_size,
+            mlp_dim,
+            num_layers,
+            num_heads,
+            qkv_bias,
+            pos_embed_type="sincos",
+            spatial_dims=spatial_dims,
         )
         self.use_cls = pooling == "cls"
 
@@ -83,16 +91,23 @@ def load_weights(network: nn.Module, path: str, ignore: Sequence[str] = ()) -> n
     own = network.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own and not any(k.startswith(p) for p in ignore)]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state
-              and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         raise ValueError(
             f"{path} does not fit {type(network).__name__} (config id 'ckpt_path'): "
-            + "; ".join(x for x in (
-                f"{len(missing)} tensors missing, e.g. {missing[:3]}" if missing else "",
-                f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}" if unexpected else "",
-                f"{len(shapes)} of another shape, e.g. {shapes[:2]}" if shapes else "",
-            ) if x)
+            + "; ".join(
+                x
+                for x in (
+                    f"{len(missing)} tensors missing, e.g. {missing[:3]}" if missing else "",
+                    f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}" if unexpected else "",
+                    f"{len(shapes)} of another shape, e.g. {shapes[:2]}" if shapes else "",
+                )
+                if x
+            )
             + " (a 3D checkpoint for the 2D config, or another network size? 3D: use configs/inference_3d.json)"
         )
     network.load_state_dict({k: state[k] for k in own})

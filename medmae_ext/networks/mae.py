@@ -65,14 +65,27 @@ class MaskedAutoencoder(nn.Module):
             )
         check_sincos_dim(decoder_hidden_size, spatial_dims, "decoder_hidden_size")
         self.encoder = ViTEncoder(
-            in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias,
-            pos_embed_type="sincos", spatial_dims=spatial_dims,
+            in_channels,
+            img_size,
+            patch_size,
+            hidden_size,
+            mlp_dim,
+            num_layers,
+            num_heads,
+            qkv_bias,
+            pos_embed_type="sincos",
+            spatial_dims=spatial_dims,
         )
         self.masking = masking if masking is not None else RandomMasking(0.75)
         ratio = getattr(self.masking, "mask_ratio", None)
-        if ratio is not None and patch_counts(self.encoder.num_patches, ratio, getattr(self.masking, "throw_ratio", 0.0))[0] < 1:
-            raise ValueError(f"mask_ratio={ratio} masks none of the {self.encoder.num_patches} patches: the MAE loss "
-                             "(on masked patches only) would be empty. Use a mask_ratio in (0, 1), e.g. 0.75.")
+        if (
+            ratio is not None
+            and patch_counts(self.encoder.num_patches, ratio, getattr(self.masking, "throw_ratio", 0.0))[0] < 1
+        ):
+            raise ValueError(
+                f"mask_ratio={ratio} masks none of the {self.encoder.num_patches} patches: the MAE loss "
+                "(on masked patches only) would be empty. Use a mask_ratio in (0, 1), e.g. 0.75."
+            )
         self.in_channels = in_channels
         self.spatial_dims = spatial_dims
         self.patch_size = self.encoder.patch_size

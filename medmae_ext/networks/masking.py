@@ -56,9 +56,7 @@ class RandomMasking:
         """A random permutation of the patches per sample; the first drawn are masked, then thrown, then visible."""
         return torch.rand(batch_size, num_patches, device=device).argsort(dim=1)
 
-    def __call__(
-        self, batch_size: int, num_patches: int, device=None, weights: torch.Tensor | None = None
-    ) -> MaskPlan:
+    def __call__(self, batch_size: int, num_patches: int, device=None, weights: torch.Tensor | None = None) -> MaskPlan:
         n_masked, n_thrown, _ = patch_counts(num_patches, self.mask_ratio, self.throw_ratio)
         order = self.draw_order(batch_size, num_patches, device, weights)
         return MaskPlan(

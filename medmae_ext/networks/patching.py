@@ -19,15 +19,17 @@ def grid_shape(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> tuple
     if len(spatial_shape) != len(patch_size):
         raise ValueError(f"image has {len(spatial_shape)} spatial dims but patch_size has {len(patch_size)}.")
     if any(int(p) < 1 for p in patch_size) or any(int(s) < 1 for s in spatial_shape):
-        raise ValueError(f"patch_size {tuple(patch_size)} and image size {tuple(spatial_shape)} must be positive "
-                         "(config ids 'patch_size' / 'img_size').")
-    for i, (s, p) in enumerate(zip(spatial_shape, patch_size)):
+        raise ValueError(
+            f"patch_size {tuple(patch_size)} and image size {tuple(spatial_shape)} must be positive "
+            "(config ids 'patch_size' / 'img_size')."
+        )
+    for i, (s, p) in enumerate(zip(spatial_shape, patch_size, strict=False)):
         if s % p:
             raise ValueError(
                 f"image size {tuple(spatial_shape)} is not divisible by patch_size {tuple(patch_size)} "
                 f"(spatial dim {i}: {s} % {p} = {s % p})."
             )
-    return tuple(s // p for s, p in zip(spatial_shape, patch_size))
+    return tuple(s // p for s, p in zip(spatial_shape, patch_size, strict=False))
 
 
 def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
@@ -36,7 +38,7 @@ def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
     nd = x.ndim - 2
     grid = grid_shape(x.shape[2:], patch_size)
     shape = [b, c]
-    for g, p in zip(grid, patch_size):
+    for g, p in zip(grid, patch_size, strict=False):
         shape += [g, p]
     perm = [0] + [2 + 2 * i for i in range(nd)] + [3 + 2 * i for i in range(nd)] + [1]
     return x.reshape(shape).permute(perm).reshape(b, math.prod(grid), math.prod(patch_size) * c)
@@ -63,7 +65,7 @@ def unpatchify(p: torch.Tensor, patch_size: Sequence[int], grid: Sequence[int], 
     perm = [0, 2 * nd + 1]
     for i in range(nd):
         perm += [1 + i, 1 + nd + i]
-    return x.permute(perm).reshape([b, channels, *[g * q for g, q in zip(grid, patch_size)]])
+    return x.permute(perm).reshape([b, channels, *[g * q for g, q in zip(grid, patch_size, strict=False)]])
 
 
 def patch_weights(attn_map: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:

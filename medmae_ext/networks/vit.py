@@ -73,8 +73,9 @@ class Block(TransformerBlock):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias,
-                         use_flash_attention=dropout_rate == 0.0)
+        super().__init__(
+            hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, use_flash_attention=dropout_rate == 0.0
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         # MONAI always builds this LayerNorm; without cross-attention it is unused. Frozen, so that optimizers and
         # DistributedDataParallel skip it; kept so that state dicts match monai.networks.nets.ViT.
@@ -266,8 +267,18 @@ class ViTClassifier(nn.Module):
         self.pooling = pooling
         self.use_mean = pooling == "mean"
         self.encoder = ViTEncoder(
-            in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias,
-            pos_embed_type, dropout_rate, drop_path_rate, spatial_dims,
+            in_channels,
+            img_size,
+            patch_size,
+            hidden_size,
+            mlp_dim,
+            num_layers,
+            num_heads,
+            qkv_bias,
+            pos_embed_type,
+            dropout_rate,
+            drop_path_rate,
+            spatial_dims,
         )
         self.fc_norm = nn.LayerNorm(hidden_size) if self.use_mean else nn.Identity()
         if self.use_mean:

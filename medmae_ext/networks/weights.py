@@ -25,8 +25,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "read_state_dict", "encoder_state_dict", "map_encoder_keys", "load_pretrained_encoder", "resize_pos_embed",
-    "is_scratch", "init_description", "SCRATCH_VALUES", "resolve_pretrained", "AUTO", "file_sha256", "unwrap",
+    "read_state_dict",
+    "encoder_state_dict",
+    "map_encoder_keys",
+    "load_pretrained_encoder",
+    "resize_pos_embed",
+    "is_scratch",
+    "init_description",
+    "SCRATCH_VALUES",
+    "resolve_pretrained",
+    "AUTO",
+    "file_sha256",
+    "unwrap",
     "check_unetr_encoder",
 ]
 
@@ -132,7 +142,7 @@ def read_state_dict(path: str, key: str | None = None) -> dict[str, torch.Tensor
 
 def encoder_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``encoder.*`` entries of an MAE / MSMAE / classifier state dict, prefix removed."""
-    enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    enc = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     if not enc:
         raise KeyError(
             "no 'encoder.*' keys in the checkpoint: it is not a medmae MaskedAutoencoder/ViTClassifier state dict "
@@ -221,11 +231,11 @@ def load_pretrained_encoder(
             mapped[k] = resize_pos_embed(v, grid, dst_grid)
             continue
         raise ValueError(
-            f"{ckpt_path}: '{k}' has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in "
+            f"{ckpt_path}: {k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in "
             f"{type(network).__name__}: the encoder sizes (hidden_size, mlp_dim, in_channels, patch_size) differ."
         )
     prefix = {"vit": "", "unetr": "vit.", "classifier": "encoder."}[target]
-    unfilled = [k for k in own if k.startswith(prefix) and k not in mapped and _is_encoder_key(k[len(prefix):])]
+    unfilled = [k for k in own if k.startswith(prefix) and k not in mapped and _is_encoder_key(k[len(prefix) :])]
     if unfilled and not allow_partial:
         raise ValueError(
             f"{ckpt_path} fills only part of the encoder of {type(network).__name__}: {len(unfilled)} encoder "
@@ -261,9 +271,14 @@ def check_unetr_encoder(settings) -> None:
     from ..errors import InputError
 
     s = dict(settings)
-    wrong = {k: s[k] for k, v in (("spatial_dims", 3), ("num_layers", 12), ("patch_size", [16, 16, 16]))
-             if k in s and s[k] is not None and (list(s[k]) if isinstance(s[k], (list, tuple)) else s[k]) != v}
+    wrong = {
+        k: s[k]
+        for k, v in (("spatial_dims", 3), ("num_layers", 12), ("patch_size", [16, 16, 16]))
+        if k in s and s[k] is not None and (list(s[k]) if isinstance(s[k], (list, tuple)) else s[k]) != v
+    }
     if wrong:
-        raise InputError(f"UNETR (MONAI) has a 3D encoder of 12 layers with 16x16x16 patches, but this run's settings "
-                         f"have {wrong} (from the pretraining run record, or flags): pretrain the 3D encoder with "
-                         "mae_pretrain's train_3d.json defaults for these, or fine-tune from scratch")
+        raise InputError(
+            f"UNETR (MONAI) has a 3D encoder of 12 layers with 16x16x16 patches, but this run's settings "
+            f"have {wrong} (from the pretraining run record, or flags): pretrain the 3D encoder with "
+            "mae_pretrain's train_3d.json defaults for these, or fine-tune from scratch"
+        )

@@ -33,8 +33,10 @@ def _require_highdicom():
     try:
         import highdicom  # noqa: F401
     except ImportError as e:  # pragma: no cover - highdicom is in requirements.txt
-        raise ImportError("dicom_seg needs the 'highdicom' package (pip install highdicom==0.28.2, as in "
-                          "requirements.txt), or set --dicom_seg False") from e
+        raise ImportError(
+            "dicom_seg needs the 'highdicom' package (pip install highdicom==0.28.2, as in "
+            "requirements.txt), or set --dicom_seg False"
+        ) from e
 
 
 def _read_series(series_dir: str):
@@ -50,18 +52,28 @@ def _read_series(series_dir: str):
     if not datasets:
         raise InputError(f"{series_dir}: no DICOM image slices with ImagePositionPatient found")
     for ds in datasets:  # anonymisers blank these in the data set but keep them in the file meta
-        for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        for key, meta_key in (
+            ("SOPClassUID", "MediaStorageSOPClassUID"),
+            ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+        ):
             if not ds.get(key) and getattr(ds, "file_meta", None) is not None and ds.file_meta.get(meta_key):
                 setattr(ds, key, ds.file_meta[meta_key].value)
-    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
-                           "FrameOfReferenceUID") if not datasets[0].get(k)]
+    missing = [
+        k
+        for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
+        if not datasets[0].get(k)
+    ]
     if missing:
-        raise InputError(f"{series_dir}: the series has no {', '.join(missing)} (anonymised?): a DICOM SEG must "
-                         "reference the study and series it segments. The NIfTI mask is written; run with "
-                         "--dicom_seg False for such series")
+        raise InputError(
+            f"{series_dir}: the series has no {', '.join(missing)} (anonymised?): a DICOM SEG must "
+            "reference the study and series it segments. The NIfTI mask is written; run with "
+            "--dicom_seg False for such series"
+        )
     if len({ds.SeriesInstanceUID for ds in datasets}) != 1:
-        raise InputError(f"{series_dir}: holds slices of {len({ds.SeriesInstanceUID for ds in datasets})} series; "
-                         "give one folder per series")
+        raise InputError(
+            f"{series_dir}: holds slices of {len({ds.SeriesInstanceUID for ds in datasets})} series; "
+            "give one folder per series"
+        )
     return datasets
 
 
@@ -72,7 +84,9 @@ def series_frames(mask: np.ndarray, affine_ras: np.ndarray, datasets) -> np.ndar
     frames = []
     for ds in datasets:
         rows, cols = int(ds.Rows), int(ds.Columns)
-        row_dir, col_dir = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
+        row_dir, col_dir = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(
+            ds.ImageOrientationPatient[3:], float
+        )
         d_row, d_col = (float(v) for v in ds.PixelSpacing)  # between rows, between columns
         origin = np.asarray(ds.ImagePositionPatient, float)
 
@@ -83,14 +97,17 @@ def series_frames(mask: np.ndarray, affine_ras: np.ndarray, datasets) -> np.ndar
         step_c = index(origin + d_col * row_dir) - i0  # next column: along the row direction
         step_r = index(origin + d_row * col_dir) - i0  # next row: along the column direction
         pts = [np.round(v) for v in (i0, step_c, step_r)]
-        if any(not np.allclose(v, r, atol=1e-2) for v, r in zip((i0, step_c, step_r), pts)):
-            raise InputError(f"{getattr(ds, 'filename', '?')}: slice is not on the grid of the segmentation "
-                             f"(index of its first pixel {np.round(i0, 3).tolist()})")
+        if any(not np.allclose(v, r, atol=1e-2) for v, r in zip((i0, step_c, step_r), pts, strict=False)):
+            raise InputError(
+                f"{getattr(ds, 'filename', '?')}: slice is not on the grid of the segmentation "
+                f"(index of its first pixel {np.round(i0, 3).tolist()})"
+            )
         r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
         idx = [(pts[0][a] + r * pts[2][a] + c * pts[1][a]).astype(np.int64) for a in range(3)]
-        if any((ix.min() < 0 or ix.max() >= n) for ix, n in zip(idx, mask.shape)):
-            raise InputError(f"{getattr(ds, 'filename', '?')}: slice lies outside the segmentation's grid "
-                             f"{tuple(mask.shape)}")
+        if any((ix.min() < 0 or ix.max() >= n) for ix, n in zip(idx, mask.shape, strict=False)):
+            raise InputError(
+                f"{getattr(ds, 'filename', '?')}: slice lies outside the segmentation's grid {tuple(mask.shape)}"
+            )
         frames.append(mask[idx[0], idx[1], idx[2]])
     return np.stack(frames)
 
@@ -107,13 +124,24 @@ def _segment_description(number: int, name: str, algorithm):
         prop = hd.sr.CodedConcept(value=f"MEDMAE{number}", scheme_designator="99MEDMAE", meaning=str(name)[:64])
         category = codes.SCT.AnatomicalStructure
     return hd.seg.SegmentDescription(
-        segment_number=number, segment_label=str(name)[:64], segmented_property_category=category,
-        segmented_property_type=prop, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm)
+        segment_number=number,
+        segment_label=str(name)[:64],
+        segmented_property_category=category,
+        segmented_property_type=prop,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
 
 
-def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, series_dir: str, out_path: str, label_names,
-                    algorithm_name: str = "medmae unetr_segmentation", version: str = "0.1.0") -> str:
+def write_dicom_seg(
+    mask: np.ndarray,
+    affine_ras: np.ndarray,
+    series_dir: str,
+    out_path: str,
+    label_names,
+    algorithm_name: str = "medmae unetr_segmentation",
+    version: str = "0.1.0",
+) -> str:
     """Write the integer label ``mask`` (3D, on the grid of ``affine_ras``) of the DICOM series in ``series_dir`` as a
     DICOM SEG file referencing that series; one segment per non-background entry of ``label_names``."""
     _require_highdicom()
@@ -123,15 +151,25 @@ def write_dicom_seg(mask: np.ndarray, affine_ras: np.ndarray, series_dir: str, o
     names = {int(k): v for k, v in dict(label_names).items()}
     datasets = _read_series(series_dir)
     frames = series_frames(np.asarray(mask), affine_ras, datasets).astype(np.uint8)
-    algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, version=version,
-                                                   family=codes.cid7162.ArtificialIntelligence)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, version=version, family=codes.cid7162.ArtificialIntelligence
+    )
     seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=datasets,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_segment_description(k, names[k], algorithm) for k in sorted(names) if k > 0],
-        series_instance_uid=hd.UID(), series_number=int(getattr(datasets[0], "SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medmae", manufacturer_model_name=algorithm_name,
-        software_versions=version, device_serial_number="0", series_description=f"{algorithm_name} segmentation",
-        omit_empty_frames=False)
+        series_instance_uid=hd.UID(),
+        series_number=int(getattr(datasets[0], "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medmae",
+        manufacturer_model_name=algorithm_name,
+        software_versions=version,
+        device_serial_number="0",
+        series_description=f"{algorithm_name} segmentation",
+        omit_empty_frames=False,
+    )
     tmp = f"{out_path}.tmp"
     seg.save_as(tmp)
     os.replace(tmp, out_path)
@@ -143,8 +181,15 @@ class SaveDicomSegd(MapTransform):
     argmax) as ``<output_dir>/<series folder>_seg.dcm`` when the input was a DICOM series folder (its MetaTensor's
     ``filename_or_obj``). ``enabled=False`` (config id ``dicom_seg``, default false) makes it a no-op."""
 
-    def __init__(self, keys: KeysCollection, output_dir: str, label_names, enabled: bool = True,
-                 algorithm_name: str = "medmae unetr_segmentation", version: str = "0.1.0") -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        label_names,
+        enabled: bool = True,
+        algorithm_name: str = "medmae unetr_segmentation",
+        version: str = "0.1.0",
+    ) -> None:
         super().__init__(keys)
         self.output_dir, self.label_names, self.enabled = output_dir, label_names, bool(enabled)
         self.algorithm_name, self.version = algorithm_name, version

@@ -72,12 +72,22 @@ def _input_shape(parser, meta: dict | None) -> tuple[int, ...]:
     for key in ("img_size", "roi_size"):
         if key in parser:
             return (int(channels), *(int(s) for s in parser.get_parsed_content(key)))
-    raise KeyError("cannot tell the input shape: pass --meta_file (network_data_format.inputs.image) or set the "
-                   "config ids 'in_channels' and 'img_size' / 'roi_size'")
+    raise KeyError(
+        "cannot tell the input shape: pass --meta_file (network_data_format.inputs.image) or set the "
+        "config ids 'in_channels' and 'img_size' / 'roi_size'"
+    )
 
 
-def export_program(config_file, ckpt_file: str, filepath: str, meta_file: str | None = None, net_id: str = "network_def",
-                   bundle_root: str | None = None, intensity: bool = True, **override) -> str:
+def export_program(
+    config_file,
+    ckpt_file: str,
+    filepath: str,
+    meta_file: str | None = None,
+    net_id: str = "network_def",
+    bundle_root: str | None = None,
+    intensity: bool = True,
+    **override,
+) -> str:
     """Build ``net_id`` of the bundle config(s) with the run record of ``ckpt_file`` (config id ``ckpt_path`` is set to
     it), load ``ckpt_file`` (a state dict, or a checkpoint holding one under ``network`` / ``model``), wrap it in
     :class:`WithIntensity` (``intensity``), export it in eval mode with a dynamic batch dimension and save it to
@@ -113,8 +123,10 @@ def export_program(config_file, ckpt_file: str, filepath: str, meta_file: str | 
         a_min = parser.get_parsed_content("a_min") if "a_min" in parser else None
         a_max = parser.get_parsed_content("a_max") if "a_max" in parser else None
         net = WithIntensity(net, kind, a_min, a_max).eval()
-        steps.append(f"the exported program applies the intensity step itself ({kind}): give it the image as "
-                     "stored, after the geometric steps")
+        steps.append(
+            f"the exported program applies the intensity step itself ({kind}): give it the image as "
+            "stored, after the geometric steps"
+        )
     x = torch.rand(2, *_input_shape(parser, meta))
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
@@ -124,7 +136,9 @@ def export_program(config_file, ckpt_file: str, filepath: str, meta_file: str | 
     tmp = f"{filepath}.tmp.pt2"
     torch.export.save(program, tmp, extra_files=extra)
     os.replace(tmp, filepath)
-    print(f"exported {type(net).__name__} ({ckpt_file}) for input [B, {', '.join(map(str, x.shape[1:]))}] to {filepath}")
+    print(
+        f"exported {type(net).__name__} ({ckpt_file}) for input [B, {', '.join(map(str, x.shape[1:]))}] to {filepath}"
+    )
     return filepath
 
 

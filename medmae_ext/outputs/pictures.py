@@ -31,8 +31,15 @@ MASKED_RGB = (40, 110, 230)  # blue
 THROWN_RGB = (225, 45, 45)  # red
 
 
-def picture_items(data_format: str, data_path: str, data_kwargs: dict | None, fallback: list[dict], count: int = 4,
-                  split: str = "validation") -> list[dict]:
+def picture_items(
+    data_format: str,
+    data_path: str,
+    data_kwargs: dict | None,
+    fallback: list[dict],
+    count: int = 4,
+    split: str = "validation",
+    synthetic: dict | None = None,
+) -> list[dict]:
     """``count`` items evenly spread over ``split`` of the dataset (lists sorted by class then give every class a
     row), or over ``fallback`` (the training datalist) where that split is missing or empty."""
     from ..data import dataset_items, spread_items
@@ -43,9 +50,9 @@ def picture_items(data_format: str, data_path: str, data_kwargs: dict | None, fa
 
     kwargs = {k: v for k, v in (data_kwargs or {}).items() if k != "max_items"}
     try:
-        items = dataset_items(data_format, data_path, split, **kwargs)
+        items = dataset_items(data_format, data_path, split, synthetic=synthetic, **kwargs)
     except (DatalistError, KeyError, ValueError) as e:
-        logger.info(f"pictures: no '{split}' split ({e}); using training images")
+        logger.info(f"pictures: no {split!r} split ({e}); using training images")
         items = []
     items = items or list(fallback)
     if not items:
@@ -70,12 +77,14 @@ def _heat(a: np.ndarray) -> np.ndarray:
     return np.stack([np.clip(2 * a, 0, 1), np.clip(2 * a - 1, 0, 1), np.zeros_like(a)], axis=-1)
 
 
-def reconstruct(image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size, norm_pix: bool = True) -> torch.Tensor:
+def reconstruct(
+    image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size, norm_pix: bool = True
+) -> torch.Tensor:
     """The reconstructed image ``[B, C, *spatial]`` (CPU, float): visible patches from ``image``, masked ones from
     the dense prediction ``pred`` ``[B, N, P]``, de-normalised per patch with the input patch's mean and std when
     ``norm_pix`` (the loss's normalised-pixel target)."""
     image = image.detach().float().cpu()
-    grid = [s // p for s, p in zip(image.shape[2:], patch_size)]
+    grid = [s // p for s, p in zip(image.shape[2:], patch_size, strict=False)]
     target = patchify(image, patch_size)
     pred = pred.detach().float().cpu()
     if norm_pix:
@@ -89,7 +98,7 @@ def reconstruct(image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, pat
 def patch_values_to_voxels(values: torch.Tensor, image_shape, patch_size) -> torch.Tensor:
     """One value per patch ``[B, N]`` painted over its patch: ``[B, *spatial]``."""
     c = image_shape[1]
-    grid = [s // p for s, p in zip(image_shape[2:], patch_size)]
+    grid = [s // p for s, p in zip(image_shape[2:], patch_size, strict=False)]
     per_patch = values.unsqueeze(-1).expand(-1, -1, c * math.prod(patch_size))
     return unpatchify(per_patch, patch_size, grid, c)[:, 0]
 
@@ -111,9 +120,14 @@ def reconstruction_panel(
     recon = reconstruct(image, pred, mask, patch_size, norm_pix)
     m = mask.detach().float().cpu()
     mvox = patch_values_to_voxels(m, image.shape, patch_size)
-    tvox = patch_values_to_voxels(thrown.detach().float().cpu() if thrown is not None else torch.zeros_like(m),
-                                  image.shape, patch_size)
-    avox = patch_values_to_voxels(attention.detach().float().cpu(), image.shape, patch_size) if attention is not None else None
+    tvox = patch_values_to_voxels(
+        thrown.detach().float().cpu() if thrown is not None else torch.zeros_like(m), image.shape, patch_size
+    )
+    avox = (
+        patch_values_to_voxels(attention.detach().float().cpu(), image.shape, patch_size)
+        if attention is not None
+        else None
+    )
     rows = []
     for i in range(image.shape[0]):
         views = [image[i, 0], recon[i, 0], mvox[i], tvox[i]] + ([avox[i]] if avox is not None else [])
@@ -185,11 +199,23 @@ class ReconstructionSaver:
     as training draws them, and a fourth column shows that map; before that, the masking is random as in training.
     """
 
-    def __init__(self, output_dir: str, dataset=None, interval: int = 1, max_images: int = 4, norm_pix: bool = True,
-                 log_dir: str | None = None, attention_cache=None, seed: int = 0, image_key: str = "image") -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        dataset=None,
+        interval: int = 1,
+        max_images: int = 4,
+        norm_pix: bool = True,
+        log_dir: str | None = None,
+        attention_cache=None,
+        seed: int = 0,
+        image_key: str = "image",
+    ) -> None:
         if dataset is None:
-            raise ValueError("ReconstructionSaver needs 'dataset': the fixed images to reconstruct (config "
-                             "'pictures#dataset'); pictures of the last augmented training batch are no longer made")
+            raise ValueError(
+                "ReconstructionSaver needs 'dataset': the fixed images to reconstruct (config "
+                "'pictures#dataset'); pictures of the last augmented training batch are no longer made"
+            )
         self.output_dir = output_dir
         self.dataset = dataset
         self.interval = interval
@@ -217,8 +243,9 @@ class ReconstructionSaver:
         image = self.images().to(device)
         with_attention = self.attention_cache is not None and len(self.attention_cache) > 0
         out, dense, attention = seeded_reconstruction(net, image, self.seed, with_attention)
-        panel = reconstruction_panel(image, dense, out["mask"], out.get("thrown"), net.patch_size, self.norm_pix,
-                                     attention)
+        panel = reconstruction_panel(
+            image, dense, out["mask"], out.get("thrown"), net.patch_size, self.norm_pix, attention
+        )
         return panel, panel_labels(attention)
 
     def __call__(self, engine: Engine) -> str:

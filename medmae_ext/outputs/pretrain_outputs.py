@@ -28,7 +28,12 @@ from monai.data import decollate_batch
 from monai.utils import CommonKeys
 
 from .pictures import (
-    _with_header, panel_labels, patch_values_to_voxels, reconstruct, reconstruction_panel, seeded_reconstruction,
+    _with_header,
+    panel_labels,
+    patch_values_to_voxels,
+    reconstruct,
+    reconstruction_panel,
+    seeded_reconstruction,
 )
 
 __all__ = ["PretrainOutputWriter", "file_stem"]
@@ -43,8 +48,15 @@ def file_stem(path: str) -> str:
 
 
 class PretrainOutputWriter:
-    def __init__(self, output_dir: str, mae: torch.nn.Module | None = None, attention: bool = False,
-                 norm_pix: bool = True, seed: int = 0, image_key: str = CommonKeys.IMAGE) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        mae: torch.nn.Module | None = None,
+        attention: bool = False,
+        norm_pix: bool = True,
+        seed: int = 0,
+        image_key: str = CommonKeys.IMAGE,
+    ) -> None:
         self.output_dir = output_dir
         self.mae = mae
         self.attention = attention
@@ -76,7 +88,7 @@ class PretrainOutputWriter:
         for im in images:
             name = (getattr(im, "meta", None) or {}).get("filename_or_obj")
             if name is None:
-                raise KeyError(f"'{self.image_key}' carries no 'filename_or_obj': load the images with LoadImaged")
+                raise KeyError(f"{self.image_key!r} carries no 'filename_or_obj': load the images with LoadImaged")
             names.append(str(name))
             affines.append(getattr(im, "affine", None))
         pred = torch.stack([torch.as_tensor(o[CommonKeys.PRED]).detach().float().cpu() for o in out])
@@ -86,11 +98,13 @@ class PretrainOutputWriter:
 
     def _iteration(self, engine: Engine) -> None:
         images, names, affines, pred = self._items(engine)
-        for name, e in zip(names, pred):
+        for name, e in zip(names, pred, strict=False):
             stem = file_stem(name)
             if stem in self._stems:
-                raise ValueError(f"{name} and {self._stems[stem]} share the file stem {stem!r}: their outputs would "
-                                 "overwrite each other (config id 'input_dir' / 'input_glob')")
+                raise ValueError(
+                    f"{name} and {self._stems[stem]} share the file stem {stem!r}: their outputs would "
+                    "overwrite each other (config id 'input_dir' / 'input_glob')"
+                )
             self._stems[stem] = name
             self.rows.append((name, e.tolist()))
         if self.mae is not None:
@@ -106,9 +120,15 @@ class PretrainOutputWriter:
         if x.ndim == 4:
             for i, name in enumerate(names):
                 sl = slice(i, i + 1)
-                panel = reconstruction_panel(x[sl], dense[sl], out["mask"][sl],
-                                             out["thrown"][sl] if out.get("thrown") is not None else None,
-                                             net.patch_size, self.norm_pix, attn[sl] if attn is not None else None)
+                panel = reconstruction_panel(
+                    x[sl],
+                    dense[sl],
+                    out["mask"][sl],
+                    out["thrown"][sl] if out.get("thrown") is not None else None,
+                    net.patch_size,
+                    self.norm_pix,
+                    attn[sl] if attn is not None else None,
+                )
                 picture = _with_header(panel, panel_labels(attn), max(1, 256 // panel.shape[0]))
                 Image.fromarray(picture).save(os.path.join(self.output_dir, f"{file_stem(name)}_recon.png"))
             return
@@ -119,11 +139,15 @@ class PretrainOutputWriter:
         for i, name in enumerate(names):
             affine = np.eye(4) if affines[i] is None else torch.as_tensor(affines[i]).double().cpu().numpy()
             stem = file_stem(name)
-            nib.save(nib.Nifti1Image(recon[i, 0].numpy().astype(np.float32), affine),
-                     os.path.join(self.output_dir, f"{stem}_recon.nii.gz"))
+            nib.save(
+                nib.Nifti1Image(recon[i, 0].numpy().astype(np.float32), affine),
+                os.path.join(self.output_dir, f"{stem}_recon.nii.gz"),
+            )
             if amap is not None:
-                nib.save(nib.Nifti1Image(amap[i].numpy().astype(np.float32), affine),
-                         os.path.join(self.output_dir, f"{stem}_attention.nii.gz"))
+                nib.save(
+                    nib.Nifti1Image(amap[i].numpy().astype(np.float32), affine),
+                    os.path.join(self.output_dir, f"{stem}_attention.nii.gz"),
+                )
 
     def _finish(self, engine: Engine) -> None:
         if not self.rows:

@@ -31,15 +31,26 @@ class ClassificationReport:
     Training-time reports go to ``eval/<selection split>/``, evaluations to ``eval/<split>/``, so two reports of
     different splits never share a folder.
 
-    ``history_file`` (``history.csv``; None: none) gets one row per call (``epoch`` = the evaluator's epoch, which MONAI's ``ValidationHandler`` sets
-    to the trainer's): the validation curve of the run, kept across a resume; rows of a later epoch than the one
-    being written (left by an earlier run in the same folder) are dropped. With ``log_dir`` the confusion matrix
-    is also logged to TensorBoard as the image ``<tag>/confusion_matrix`` at that epoch.
+    ``history_file`` (``history.csv``; None: none) gets one row per call (``epoch`` = the evaluator's epoch, which
+    MONAI's ``ValidationHandler`` sets to the trainer's): the validation curve of the run, kept across a resume;
+    rows of a later epoch than the one being written (left by an earlier run in the same folder) are dropped. With
+    ``log_dir`` the confusion matrix is also logged to TensorBoard as the image ``<tag>/confusion_matrix`` at that
+    epoch.
     """
 
-    def __init__(self, output_dir: str, class_names=None, multi_label: bool = False, threshold: float = 0.5,
-                 log_dir: str | None = None, tag: str = "validation", history_file: str | None = "history.csv",
-                 split: str | None = None, data_source: str | None = None, model_file: str | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        class_names=None,
+        multi_label: bool = False,
+        threshold: float = 0.5,
+        log_dir: str | None = None,
+        tag: str = "validation",
+        history_file: str | None = "history.csv",
+        split: str | None = None,
+        data_source: str | None = None,
+        model_file: str | None = None,
+    ) -> None:
         self.output_dir = output_dir
         self.split = split
         self.data_source = data_source
@@ -83,7 +94,7 @@ class ClassificationReport:
             hard = torch.nn.functional.one_hot(prob.argmax(1), c).float()
         tp = (hard * y).sum(0)
         f1 = (2 * tp / (hard.sum(0) + y.sum(0)).clamp_min(1e-8)).tolist()
-        recall = [float(t / s) if s > 0 else float("nan") for t, s in zip(tp.tolist(), y.sum(0).tolist())]
+        recall = [float(t / s) if s > 0 else float("nan") for t, s in zip(tp.tolist(), y.sum(0).tolist(), strict=False)]
         support = y.sum(0).tolist()
         valid_auc = [a for a in auc if a == a]
         metrics = {
@@ -94,8 +105,10 @@ class ClassificationReport:
             "accuracy": float((hard == y).all(1).float().mean()),
             "macro_f1": float(np.mean(f1)),
             "mean_auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
-            "per_class": {n: {"auc": a, "f1": f, "recall": r, "support": int(s)}
-                          for n, a, f, r, s in zip(names, auc, f1, recall, support)},
+            "per_class": {
+                n: {"auc": a, "f1": f, "recall": r, "support": int(s)}
+                for n, a, f, r, s in zip(names, auc, f1, recall, support, strict=False)
+            },
         }
         if not self.multi_label:
             cm = np.zeros((c, c), np.int64)
@@ -120,33 +133,41 @@ class ClassificationReport:
         if "confusion_matrix" in metrics:
             cm = np.asarray(metrics["confusion_matrix"])
             names = list(metrics["per_class"])
-            np.savetxt(os.path.join(self.output_dir, "confusion_matrix.csv"), cm, fmt="%d", delimiter=",",
-                       header=",".join(names), comments="")
+            np.savetxt(
+                os.path.join(self.output_dir, "confusion_matrix.csv"),
+                cm,
+                fmt="%d",
+                delimiter=",",
+                header=",".join(names),
+                comments="",
+            )
             picture = confusion_matrix_png(cm, names, os.path.join(self.output_dir, "confusion_matrix.png"))
             if self.log_dir:
                 if self._writer is None:
                     from torch.utils.tensorboard import SummaryWriter
 
                     self._writer = SummaryWriter(log_dir=self.log_dir)
-                self._writer.add_image(f"{self.tag}/confusion_matrix", np.asarray(picture), epoch,
-                                       dataformats="HWC")
+                self._writer.add_image(f"{self.tag}/confusion_matrix", np.asarray(picture), epoch, dataformats="HWC")
                 self._writer.flush()
-        summary = {**{k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")},
-                   **{f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()}}
+        summary = {
+            **{k: metrics[k] for k in ("accuracy", "macro_f1", "mean_auc")},
+            **{f"recall_{n}": v["recall"] for n, v in metrics["per_class"].items()},
+        }
         if self.history_file:
             self._append_history(epoch, summary)
         engine.state.metrics.update(summary)
         recalls = ", ".join(f"{n} {v['recall']:.3f}" for n, v in metrics["per_class"].items())
         if len(metrics.get("predicted_classes", ())) == 1 and len(metrics["per_class"]) > 1:
             logger.warning(
-                f"the model predicts '{metrics['predicted_classes'][0]}' for all {metrics['num_samples']} samples "
+                f"the model predicts {metrics['predicted_classes'][0]!r} for all {metrics['num_samples']} samples "
                 f"(per-class recall {recalls}): its AUC may look fine, its decisions are useless."
             )
-        logger.info(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-                    f"mean AUC {metrics['mean_auc']:.4f}, recall {recalls} on {metrics['num_samples']} samples "
-                    f"-> {self.output_dir}")
+        logger.info(
+            f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+            f"mean AUC {metrics['mean_auc']:.4f}, recall {recalls} on {metrics['num_samples']} samples "
+            f"-> {self.output_dir}"
+        )
         return metrics
-
 
     def _append_history(self, epoch: int, summary: dict) -> None:
         import csv

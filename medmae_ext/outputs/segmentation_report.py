@@ -35,8 +35,14 @@ class SegmentationReport:
         split / data_source / model_file: what was scored, for the files.
     """
 
-    def __init__(self, label_names, output_dir: str | None = None, split: str | None = None,
-                 data_source: str | None = None, model_file: str | None = None) -> None:
+    def __init__(
+        self,
+        label_names,
+        output_dir: str | None = None,
+        split: str | None = None,
+        data_source: str | None = None,
+        model_file: str | None = None,
+    ) -> None:
         names = {int(k): str(v) for k, v in dict(label_names).items()}
         self.organs = [names[k] for k in sorted(names) if k != 0]
         self.output_dir = output_dir
@@ -58,8 +64,10 @@ class SegmentationReport:
         for item in engine.state.output:
             pred, label = torch.as_tensor(item["pred"]).float(), torch.as_tensor(item["label"]).float()
             if pred.shape[0] != len(self.organs) + 1:
-                raise ValueError(f"prediction has {pred.shape[0]} channels but label_names name {len(self.organs) + 1} "
-                                 "classes (background included)")
+                raise ValueError(
+                    f"prediction has {pred.shape[0]} channels but label_names name {len(self.organs) + 1} "
+                    "classes (background included)"
+                )
             dice = compute_dice(pred[None], label[None], include_background=False, ignore_empty=True)[0]
             meta = getattr(item.get("image"), "meta", None) or getattr(item.get("label"), "meta", None) or {}
             name = os.path.basename(str(meta.get("filename_or_obj", len(self.rows))))
@@ -71,9 +79,15 @@ class SegmentationReport:
             values = [r[1][j] for r in self.rows if not math.isnan(r[1][j])]
             per_organ[organ] = sum(values) / len(values) if values else float("nan")
         finite = [v for v in per_organ.values() if not math.isnan(v)]
-        return {"split": self.split, "data_source": self.data_source, "model_file": self.model_file,
-                "background": "excluded", "num_items": len(self.rows), "dice_per_organ": per_organ,
-                "mean_dice": sum(finite) / len(finite) if finite else float("nan")}
+        return {
+            "split": self.split,
+            "data_source": self.data_source,
+            "model_file": self.model_file,
+            "background": "excluded",
+            "num_items": len(self.rows),
+            "dice_per_organ": per_organ,
+            "mean_dice": sum(finite) / len(finite) if finite else float("nan"),
+        }
 
     def __call__(self, engine: Engine) -> dict:
         import ignite.distributed as idist
@@ -83,8 +97,11 @@ class SegmentationReport:
             engine.state.metrics[f"dice_{organ}"] = v
         if idist.get_rank() != 0:
             return s
-        logger.info(f"{self.split or 'validation'} Dice per organ (background excluded): " + ", ".join(
-            f"{o} {v:.4f}" for o, v in s["dice_per_organ"].items()) + f"; mean {s['mean_dice']:.4f}")
+        logger.info(
+            f"{self.split or 'validation'} Dice per organ (background excluded): "
+            + ", ".join(f"{o} {v:.4f}" for o, v in s["dice_per_organ"].items())
+            + f"; mean {s['mean_dice']:.4f}"
+        )
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
             with open(os.path.join(self.output_dir, "dice_per_item.csv"), "w", newline="") as f:
@@ -92,8 +109,11 @@ class SegmentationReport:
                 w.writerow(["item"] + self.organs + ["mean"])
                 for name, values in self.rows:
                     finite = [v for v in values if not math.isnan(v)]
-                    w.writerow([name] + ["" if math.isnan(v) else f"{v:.4f}" for v in values]
-                               + [f"{sum(finite) / len(finite):.4f}" if finite else ""])
+                    w.writerow(
+                        [name]
+                        + ["" if math.isnan(v) else f"{v:.4f}" for v in values]
+                        + [f"{sum(finite) / len(finite):.4f}" if finite else ""]
+                    )
             with open(os.path.join(self.output_dir, "metrics.json"), "w") as f:
                 json.dump(s, f, indent=2)
         return s

@@ -4,5 +4,16 @@ stop (``guards``), MSMAE attention refresh (``attention``), class imbalance (``i
 the served model across runs (``serving``)."""
 
 from . import (  # noqa: F401
-    attention, checkpoints, distributed, engines, guards, imbalance, losses, optim, runlock, seeding, serving,
+    attention,
+    checkpoints,
+    distributed,
+    engines,
+    guards,
+    imbalance,
+    losses,
+    optim,
+    resume,
+    runlock,
+    seeding,
+    serving,
 )

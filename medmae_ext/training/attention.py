@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 import torch
-
 from ignite.engine import Engine, Events
 
 from ..networks.patching import patch_weights
@@ -70,16 +69,25 @@ class AttentionCache:
             self._allocate(list(maps), tuple(first.shape))
         unknown = [k for k in maps if k not in self.index]
         if unknown:
-            raise KeyError(f"attention maps for samples {unknown[:3]} that are not training items of this run "
-                           f"(the cache was allocated for {len(self.index)} ids)")
+            raise KeyError(
+                f"attention maps for samples {unknown[:3]} that are not training items of this run "
+                f"(the cache was allocated for {len(self.index)} ids)"
+            )
         for k, m in maps.items():
             self.table[self.index[k]].copy_(m.reshape(self.table.shape[1:]))
             self.filled[self.index[k]] = True
         self._epoch[0] = -1 if epoch is None else int(epoch)
 
     @torch.no_grad()
-    def refresh(self, network: torch.nn.Module, dataloader, device, image_key: str = "image", id_key: str = "id",
-                epoch: int | None = None) -> None:
+    def refresh(
+        self,
+        network: torch.nn.Module,
+        dataloader,
+        device,
+        image_key: str = "image",
+        id_key: str = "id",
+        epoch: int | None = None,
+    ) -> None:
         """Recompute every map with ``network.encoder`` (a MaskedAutoencoder or ViTClassifier) in eval mode."""
         net = getattr(network, "module", network)
         encoder = net.encoder
@@ -89,9 +97,11 @@ class AttentionCache:
         try:
             for batch in dataloader:
                 if id_key not in batch:
-                    raise KeyError(f"attention dataloader batches need an '{id_key}' per sample (keys: {sorted(batch)})")
+                    raise KeyError(
+                        f"attention dataloader batches need an {id_key!r} per sample (keys: {sorted(batch)})"
+                    )
                 att = encoder.cls_attention(batch[image_key].to(device))  # [B, N]
-                for sid, a in zip(batch[id_key], att.float().cpu()):
+                for sid, a in zip(batch[id_key], att.float().cpu(), strict=False):
                     maps[str(sid)] = a.reshape(encoder.grid)
         finally:
             net.train(was_training)
@@ -100,8 +110,9 @@ class AttentionCache:
 
 
 @torch.no_grad()
-def lesion_coverage(encoder, images: torch.Tensor, lesions: torch.Tensor, masking, repeats: int = 20,
-                    use_attention: bool = True) -> float:
+def lesion_coverage(
+    encoder, images: torch.Tensor, lesions: torch.Tensor, masking, repeats: int = 20, use_attention: bool = True
+) -> float:
     """Mean fraction of lesion pixels that fall inside *masked* patches.
 
     ``lesions`` is a binary map shaped like ``images`` (one channel); samples without lesion are skipped.
@@ -130,8 +141,9 @@ class AttentionRefresher:
     Paper values: start 40, interval 40 (pretraining); start 0, interval 20 (fine-tuning).
     """
 
-    def __init__(self, cache, dataloader, start_epoch: int = 40, interval: int = 40, image_key: str = "image",
-                 id_key: str = "id") -> None:
+    def __init__(
+        self, cache, dataloader, start_epoch: int = 40, interval: int = 40, image_key: str = "image", id_key: str = "id"
+    ) -> None:
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.cache = cache
@@ -161,5 +173,6 @@ class AttentionRefresher:
     def __call__(self, engine: Engine) -> None:
         epoch0 = engine.state.epoch - 1  # ignite has already counted the epoch that is starting
         if self.due(epoch0):
-            self.cache.refresh(engine.network, self.dataloader, engine.state.device, self.image_key, self.id_key,
-                               epoch=epoch0)
+            self.cache.refresh(
+                engine.network, self.dataloader, engine.state.device, self.image_key, self.id_key, epoch=epoch0
+            )

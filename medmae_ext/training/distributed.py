@@ -27,8 +27,8 @@ import os
 
 import torch
 
-from .checkpoints import items_digest
 from ..errors import InputError
+from .resume import items_digest
 
 __all__ = ["init_process_group", "is_main_process", "rank", "shard_items", "world_size"]
 
@@ -77,8 +77,14 @@ def init_process_group(device: torch.device | str, backend: str | None = None) -
     return world_size()
 
 
-def shard_items(items, seed: int = 0, split: str = "training", equal: bool = True,
-                config_id: str = "train#dataset#data", rank_world: tuple[int, int] | None = None) -> list:
+def shard_items(
+    items,
+    seed: int = 0,
+    split: str = "training",
+    equal: bool = True,
+    config_id: str = "train#dataset#data",
+    rank_world: tuple[int, int] | None = None,
+) -> list:
     """This rank's shard of ``items``, disjoint from every other rank's. In one process: ``items`` unchanged.
 
     ``equal=True`` (training): a seeded shuffle, then shards of the same length -- the remainder, fewer than
@@ -94,11 +100,16 @@ def shard_items(items, seed: int = 0, split: str = "training", equal: bool = Tru
     if world == 1:
         return items
     if n < world:
-        raise InputError(f"'{config_id}': the {split} split has {n} item(s) for {world} processes; every process "
-                         "needs at least one. Use fewer processes or add data.")
-    shard = partition_dataset(items, num_partitions=world, shuffle=equal, seed=seed, even_divisible=equal,
-                              drop_last=equal)[me]
+        raise InputError(
+            f"{config_id!r}: the {split} split has {n} item(s) for {world} processes; every process "
+            "needs at least one. Use fewer processes or add data."
+        )
+    shard = partition_dataset(
+        items, num_partitions=world, shuffle=equal, seed=seed, even_divisible=equal, drop_last=equal
+    )[me]
     left = n - world * len(shard) if equal else 0
-    logger.info(f"rank {me}/{world}: {len(shard)} of {n} {split} items (ids #{items_digest(shard)})"
-                + (f"; {left} left out to keep the shards equal" if left else ""))
+    logger.info(
+        f"rank {me}/{world}: {len(shard)} of {n} {split} items (ids #{items_digest(shard)})"
+        + (f"; {left} left out to keep the shards equal" if left else "")
+    )
     return shard

@@ -53,7 +53,7 @@ class MAEPrepareBatch(PrepareBatch):
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         if self.image_key not in batchdata:
-            raise KeyError(f"batch has no '{self.image_key}' (keys: {sorted(batchdata)}); check the datalist keys.")
+            raise KeyError(f"batch has no {self.image_key!r} (keys: {sorted(batchdata)}); check the datalist keys.")
         image = _to(batchdata[self.image_key], device, non_blocking, **kwargs)
         target = {"image": image}
         if self.label_key and self.label_key in batchdata:

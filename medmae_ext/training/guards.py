@@ -24,8 +24,11 @@ class NonFiniteError(RuntimeError):
 def non_finite_tensors(module) -> list[str]:
     """Names of the parameters/buffers of ``module`` (or of a state dict) holding NaN or Inf."""
     state = module.state_dict() if hasattr(module, "state_dict") else module
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
 
 
 def batch_sources(batch, id_key: str = "id", image_key: str = "image", most: int = 8) -> list[str]:

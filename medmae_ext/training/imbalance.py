@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 WEIGHTINGS = ("none", "balanced")
 
 
-def class_counts(items: list[dict], num_classes: int, label_key: str = "label", multi_label: bool = False) -> np.ndarray:
+def class_counts(
+    items: list[dict], num_classes: int, label_key: str = "label", multi_label: bool = False
+) -> np.ndarray:
     """Items per class (multi-label: positives per class)."""
     counts = np.zeros(num_classes, dtype=np.int64)
     for it in items:
@@ -44,12 +46,19 @@ def class_counts(items: list[dict], num_classes: int, label_key: str = "label", 
 def _check_mode(mode: str | None, config_id: str) -> str:
     mode = "none" if mode in (None, False, "", "none") else mode
     if mode not in WEIGHTINGS:
-        raise ValueError(f"config id '{config_id}' must be one of {WEIGHTINGS}, got {mode!r}")
+        raise ValueError(f"config id {config_id!r} must be one of {WEIGHTINGS}, got {mode!r}")
     return mode
 
 
-def class_weights(items: list[dict], num_classes: int, mode: str | None = "none", label_key: str = "label",
-                  multi_label: bool = False, class_names=None, config_id: str = "class_weighting") -> torch.Tensor | None:
+def class_weights(
+    items: list[dict],
+    num_classes: int,
+    mode: str | None = "none",
+    label_key: str = "label",
+    multi_label: bool = False,
+    class_names=None,
+    config_id: str = "class_weighting",
+) -> torch.Tensor | None:
     """``None`` for ``mode="none"``; else a float32 ``[num_classes]`` tensor: ``N / (C * n_c)`` per class
     (single-label) or ``(N - n_c) / n_c`` (multi-label ``pos_weight``)."""
     if _check_mode(mode, config_id) == "none":
@@ -58,35 +67,56 @@ def class_weights(items: list[dict], num_classes: int, mode: str | None = "none"
     names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
     empty = [names[k] for k in range(num_classes) if counts[k] == 0]
     if empty:
-        raise DatalistError(f"{config_id}={mode!r}: classes {empty} have no training item, so their weight is "
-                            f"undefined (counts {dict(zip(names, counts.tolist()))}); use {config_id}='none' or fix "
-                            "the data / class_names")
+        raise DatalistError(
+            f"{config_id}={mode!r}: classes {empty} have no training item, so their weight is "
+            f"undefined (counts {dict(zip(names, counts.tolist(), strict=False))}); use {config_id}='none' or fix "
+            "the data / class_names"
+        )
     n = len(items)
     w = (n - counts) / counts if multi_label else n / (num_classes * counts)
     if multi_label and (counts == n).any():
         full = [names[k] for k in range(num_classes) if counts[k] == n]
         raise DatalistError(f"{config_id}={mode!r}: classes {full} are positive in every training item")
-    logger.info(f"{config_id}={mode}: " + ", ".join(f"{a} {c} items -> weight {x:.3f}" for a, c, x in zip(names, counts, w)))
+    logger.info(
+        f"{config_id}={mode}: "
+        + ", ".join(f"{a} {c} items -> weight {x:.3f}" for a, c, x in zip(names, counts, w, strict=False))
+    )
     return torch.as_tensor(w, dtype=torch.float32)
 
 
-def classification_loss(items: list[dict], num_classes: int, mode: str | None = "none", multi_label: bool = False,
-                        label_key: str = "label", class_names=None, device=None) -> torch.nn.Module:
+def classification_loss(
+    items: list[dict],
+    num_classes: int,
+    mode: str | None = "none",
+    multi_label: bool = False,
+    label_key: str = "label",
+    class_names=None,
+    device=None,
+) -> torch.nn.Module:
     """``CrossEntropyLoss`` (``BCEWithLogitsLoss`` for multi-label) with :func:`class_weights` applied, on ``device``."""
     w = class_weights(items, num_classes, mode, label_key, multi_label, class_names)
     loss = torch.nn.BCEWithLogitsLoss(pos_weight=w) if multi_label else torch.nn.CrossEntropyLoss(weight=w)
     return loss.to(device) if device is not None else loss
 
 
-def balanced_sampler(items: list[dict], num_classes: int, enabled: bool = True, label_key: str = "label",
-                     multi_label: bool = False, seed: int = 0, config_id: str = "balanced_sampling"):
+def balanced_sampler(
+    items: list[dict],
+    num_classes: int,
+    enabled: bool = True,
+    label_key: str = "label",
+    multi_label: bool = False,
+    seed: int = 0,
+    config_id: str = "balanced_sampling",
+):
     """A :class:`~torch.utils.data.WeightedRandomSampler` drawing each class with equal probability, or ``None`` when
     not ``enabled`` (then the DataLoader shuffles). Seeded by ``seed`` so that a run is repeatable."""
     if not enabled:
         return None
     if multi_label:
-        raise ValueError(f"config id '{config_id}' is for single-label data; for multi-label use "
-                         "class_weighting='balanced' (pos_weight)")
+        raise ValueError(
+            f"config id {config_id!r} is for single-label data; for multi-label use "
+            "class_weighting='balanced' (pos_weight)"
+        )
     counts = class_counts(items, num_classes, label_key)
     if (counts == 0).any():
         logger.warning(f"{config_id}: classes {np.flatnonzero(counts == 0).tolist()} have no training item")

@@ -58,8 +58,13 @@ class MAELoss(nn.Module):
     :func:`medmae_ext.training.imbalance.class_weights`) weights its classes.
     """
 
-    def __init__(self, patch_size: Sequence[int], norm_pix: bool = True, ce_weight: float = 0.0,
-                 class_weight: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        patch_size: Sequence[int],
+        norm_pix: bool = True,
+        ce_weight: float = 0.0,
+        class_weight: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.mse = MaskedPatchMSELoss(patch_size, norm_pix)
         self.ce_weight = ce_weight
@@ -70,8 +75,10 @@ class MAELoss(nn.Module):
         :class:`~medmae_ext.training.engines.MAEPrepareBatch`."""
         image, label = (target["image"], target.get("label")) if isinstance(target, dict) else (target, None)
         if "pred_masked" not in output or "masked_index" not in output:
-            raise KeyError(f"MAELoss needs the network output keys 'pred_masked' and 'masked_index' "
-                           f"(MaskedAutoencoder); got {sorted(output)}")
+            raise KeyError(
+                f"MAELoss needs the network output keys 'pred_masked' and 'masked_index' "
+                f"(MaskedAutoencoder); got {sorted(output)}"
+            )
         loss = self.mse.masked(output["pred_masked"], image, output["masked_index"])
         if self.ce_weight > 0 and "logits" in output:
             if label is None:

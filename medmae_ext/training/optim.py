@@ -37,8 +37,10 @@ def layer_ids(network: nn.Module) -> tuple[dict[int, int], int]:
     """``({id(parameter): layer}, num_layers)`` of every parameter of ``network`` (see the module docstring)."""
     enc = find_vit_encoder(network)
     if enc is None:
-        raise ValueError(f"{type(network).__name__} has no ViT encoder (medmae ViTEncoder or MONAI ViT): layer-wise "
-                         "lr decay needs one; set layer_decay to null")
+        raise ValueError(
+            f"{type(network).__name__} has no ViT encoder (medmae ViTEncoder or MONAI ViT): layer-wise "
+            "lr decay needs one; set layer_decay to null"
+        )
     num_layers = len(enc.blocks)
     ids = {id(p): num_layers + 1 for p in network.parameters()}
     for p in enc.patch_embedding.parameters():
@@ -52,12 +54,16 @@ def layer_ids(network: nn.Module) -> tuple[dict[int, int], int]:
 
 
 def _no_decay(name: str, p) -> bool:
-    return p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in ("cls_token", "mask_token",
-                                                                            "position_embeddings", "pos_embed")
+    return (
+        p.ndim <= 1
+        or name.endswith(".bias")
+        or name.split(".")[-1] in ("cls_token", "mask_token", "position_embeddings", "pos_embed")
+    )
 
 
-def param_groups(network: nn.Module, lr: float, weight_decay: float = 0.05, layer_decay: float | None = None,
-                 pretrained=None) -> list[dict]:
+def param_groups(
+    network: nn.Module, lr: float, weight_decay: float = 0.05, layer_decay: float | None = None, pretrained=None
+) -> list[dict]:
     """AdamW parameter groups; ``lr`` of a group is ``lr * layer_decay ** (num_layers + 1 - layer)``.
 
     ``pretrained`` (the fine-tuning configs pass their ``pretrained`` id): layer decay is a schedule for a *loaded*
@@ -67,8 +73,10 @@ def param_groups(network: nn.Module, lr: float, weight_decay: float = 0.05, laye
         from ..networks.weights import is_scratch
 
         if is_scratch(pretrained):
-            logger.info(f"layer_decay {layer_decay} not applied: the encoder starts from random weights, so every "
-                        "layer trains at the full learning rate")
+            logger.info(
+                f"layer_decay {layer_decay} not applied: the encoder starts from random weights, so every "
+                "layer trains at the full learning rate"
+            )
             layer_decay = None
     ids, num_layers = layer_ids(network) if layer_decay else ({}, 0)
     groups: dict[tuple, dict] = {}

@@ -1,7 +1,7 @@
 """One training run per checkpoint folder at a time.
 
 Two runs writing ``checkpoint_<N>.pt`` and ``model.pt`` into the same ``models/`` folder overwrite and prune each
-other's files. :func:`acquire_run_lock` (called by :func:`medmae_ext.training.checkpoints.resume_checkpoint`, i.e. before
+other's files. :func:`acquire_run_lock` (called by :func:`medmae_ext.training.resume.resume_checkpoint`, i.e. before
 every training run starts) creates ``<ckpt_dir>/.medmae_run.lock`` holding the owner's pid, host and start time;
 a second run stops with :class:`RunLockedError` naming them. The lock is removed when its process exits (and when
 the trainer completes); a lock left by a process that died without cleaning up (SIGKILL, power loss) on this host
@@ -51,8 +51,10 @@ def acquire_run_lock(ckpt_dir: str) -> str:
     try:
         os.makedirs(ckpt_dir, exist_ok=True)
     except OSError as e:
-        raise PermissionError(f"checkpoint folder {ckpt_dir} cannot be created ({e}); set --ckpt_dir or "
-                              "--bundle_root to a writable place") from e
+        raise PermissionError(
+            f"checkpoint folder {ckpt_dir} cannot be created ({e}); set --ckpt_dir or "
+            "--bundle_root to a writable place"
+        ) from e
     path = os.path.abspath(os.path.join(ckpt_dir, LOCK_NAME))
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(2):
@@ -69,17 +71,23 @@ def acquire_run_lock(ckpt_dir: str) -> str:
                 _held.add(path)
                 return path
             if host == me["host"] and not _alive(pid):
-                logger.warning(f"{path}: the run that held this lock (pid {pid}, started {other.get('started')}) "
-                               "is gone; taking the lock over")
+                logger.warning(
+                    f"{path}: the run that held this lock (pid {pid}, started {other.get('started')}) "
+                    "is gone; taking the lock over"
+                )
                 os.remove(path)
                 continue
             raise RunLockedError(
                 f"another run is training in {ckpt_dir}: pid {pid} on host {host}, started {other.get('started', '?')} "
                 f"(lock file {path}). Wait for it, or use another --bundle_root / --ckpt_dir"
-                + ("" if host == me["host"] else "; if that run is known to be gone, delete the lock file") + ".")
+                + ("" if host == me["host"] else "; if that run is known to be gone, delete the lock file")
+                + "."
+            ) from None
         except OSError as e:
-            raise PermissionError(f"checkpoint folder {ckpt_dir} is not writable ({e}); set --ckpt_dir or "
-                                  "--bundle_root to a writable place") from e
+            raise PermissionError(
+                f"checkpoint folder {ckpt_dir} is not writable ({e}); set --ckpt_dir or "
+                "--bundle_root to a writable place"
+            ) from e
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         if not _held:

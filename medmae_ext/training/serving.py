@@ -25,8 +25,13 @@ from ignite.engine import Engine, Events
 
 from ..networks.weights import read_state_dict, unwrap
 
-__all__ = ["ServedModelBaseline", "EndOfRunValidation", "data_supplied", "monai_label_data_source",
-           "require_validation_items"]
+__all__ = [
+    "ServedModelBaseline",
+    "EndOfRunValidation",
+    "data_supplied",
+    "monai_label_data_source",
+    "require_validation_items",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +67,8 @@ def require_validation_items(items, monai_label: bool) -> None:
         raise ValueError(
             "validate#dataset#data is empty: MONAI Label's /train request gave no validation images. Send val_split > 0 "
             "(e.g. 0.2): unetr_segmentation replaces the served models/model.pt only with a model that scores better "
-            "on the session's own validation images")
+            "on the session's own validation images"
+        )
 
 
 class ServedModelBaseline:
@@ -71,8 +77,16 @@ class ServedModelBaseline:
     ``validator`` once, make its key metric the evaluator's best (epoch 0 = "the served model"), then put the run's
     own starting weights back. ``best_model_saver`` is paused meanwhile (it must not rewrite the served file)."""
 
-    def __init__(self, validator, network, best_model_saver, save_dir: str, filename: str = "model.pt",
-                 resumed_from: str | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        validator,
+        network,
+        best_model_saver,
+        save_dir: str,
+        filename: str = "model.pt",
+        resumed_from: str | None = None,
+        enabled: bool = True,
+    ) -> None:
         self.validator = validator
         self.network = network
         self.best_model_saver = best_model_saver
@@ -111,8 +125,11 @@ class ServedModelBaseline:
         st.best_metric_epoch = 0 if math.isfinite(value) else -1
         logger.info(
             f"served model {self.path}: validation {name}={value:.4f} on this run's validation data; "
-            + ("it is replaced only by a better model" if math.isfinite(value) else
-               "not finite, so the first finite validation of this run replaces it")
+            + (
+                "it is replaced only by a better model"
+                if math.isfinite(value)
+                else "not finite, so the first finite validation of this run replaces it"
+            )
         )
 
 
@@ -136,13 +153,18 @@ class EndOfRunValidation:
         from ignite.handlers import DiskSaver
 
         if engine.state.epoch % self.interval:
-            logger.info(f"epoch {engine.state.epoch} is the last and was not validated (val_interval "
-                        f"{self.interval}): validating it so that it can become {self.filename}")
+            logger.info(
+                f"epoch {engine.state.epoch} is the last and was not validated (val_interval "
+                f"{self.interval}): validating it so that it can become {self.filename}"
+            )
             self.validator.run(engine.state.epoch)
         path = os.path.join(self.save_dir, self.filename)
         if not os.path.isfile(path):
             if idist.get_rank() == 0:
-                logger.warning(f"no validation gave a finite metric, so no best model was chosen: {path} holds the "
-                               "final weights of this run")
+                logger.warning(
+                    f"no validation gave a finite metric, so no best model was chosen: {path} holds the "
+                    "final weights of this run"
+                )
             DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)(
-                unwrap(self.network).state_dict(), self.filename)
+                unwrap(self.network).state_dict(), self.filename
+            )
