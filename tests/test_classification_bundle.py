@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO, bundle_config, captured_warnings, exception_chain, initial_weights, run_bundle
 from PIL import Image
+from medmae_ext.errors import InputError
 
 B = "vit_classification"
 FAST = dict(epochs=1, epoch_length=2, num_workers=0, batch_size=4, val_interval=1)
@@ -46,7 +47,7 @@ def test_missing_pretrained_checkpoint_is_named(tmp_path, synth2d):
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d,
                    pretrained_ckpt=str(tmp_path / "nowhere" / "model.pt"), **FAST)
-    msgs = [str(e) for e in exception_chain(info.value) if isinstance(e, FileNotFoundError)]
+    msgs = [str(e) for e in exception_chain(info.value) if isinstance(e, InputError)]
     assert msgs and "nowhere/model.pt" in msgs[0] and "'pretrained_ckpt'" in msgs[0]
 
 

@@ -33,6 +33,7 @@ def test_docs_export_command_gives_a_program_equal_to_the_network(tmp_path, bund
     env = {**os.environ, "PYTHONPATH": REPO}
     r = subprocess.run(["bash", "-c", cmds[0]], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "Warning" not in r.stderr, r.stderr[-3000:]  # e.g. runpy's "found in sys.modules", torch.meshgrid
     module, meta = load_program(str(tmp_path / "bundles" / bundle / "models" / "model.pt2"))
     # another batch size than the export's example, in the stored intensity units: 0-255 for the X-ray classifier,
     # Hounsfield units for UNETR; the program applies the intensity step itself (per-image min-max / HU window)

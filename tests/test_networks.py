@@ -3,6 +3,7 @@ import torch
 from monai.networks.blocks import PatchEmbeddingBlock
 from monai.networks.nets import UNETR, ViT
 
+from medmae_ext.errors import InputError
 from medmae_ext.training.losses import MAELoss, MaskedPatchMSELoss
 from medmae_ext.networks.masking import AttentionMasking, RandomMasking
 from medmae_ext.networks import (
@@ -138,7 +139,7 @@ def test_mismatched_encoder_is_reported_by_key(tmp_path):
     unetr = UNETR(2, 3, 32, feature_size=8, hidden_size=96, mlp_dim=96, num_heads=4, qkv_bias=True)
     with pytest.raises(ValueError, match=r"'vit\.patch_embedding\.\w+' has shape .* in the checkpoint"):
         load_pretrained_encoder(unetr, str(tmp_path / "m.pt"))
-    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+    with pytest.raises(InputError, match="nothere.pt"):
         load_pretrained_encoder(unetr, str(tmp_path / "nothere.pt"))
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="broken.pt"):

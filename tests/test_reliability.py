@@ -165,14 +165,19 @@ def test_a_bad_validation_label_stops_before_the_first_epoch(tmp_path, synth2d):
 
 # 5. failure hygiene ------------------------------------------------------------------------------------------------
 def test_temp_files_of_an_interrupted_save_are_cleaned_on_the_next_start(tmp_path, synth2d):
+    from medmae_ext.training.runlock import TEMP_PREFIX
+
     models = tmp_path / "models"
     os.makedirs(models)
-    for name in ("tmpab12cd_3", "tmpzz99yy00"):  # what ignite's atomic DiskSaver leaves after SIGKILL / ENOSPC
+    for name in (f"{TEMP_PREFIX}ab12cd_3", f"{TEMP_PREFIX}zz99yy00"):  # what a SIGKILL / ENOSPC mid-save leaves
         (models / name).write_bytes(b"\0" * 1000)
-    (models / "tmp_notes.txt").write_text("a user's file")
+    # Python tempfile names of other programs (--ckpt_dir /tmp) and a user's file are not ours: never deleted
+    for name in ("tmpab12cd34", "tmpzz99yy_0", "tmp_notes.txt"):
+        (models / name).write_text("someone else's file")
     run_bundle(B, "train.json", bundle_root=str(tmp_path), dataset_dir=synth2d, **FAST)
     left = sorted(os.listdir(models))
-    assert "tmpab12cd_3" not in left and "tmpzz99yy00" not in left and "tmp_notes.txt" in left
+    assert not [n for n in left if n.startswith(TEMP_PREFIX)], left
+    assert {"tmpab12cd34", "tmpzz99yy_0", "tmp_notes.txt"} <= set(left), left
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_naming_both(tmp_path, synth2d):

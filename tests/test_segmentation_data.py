@@ -209,14 +209,18 @@ def test_an_unreadable_file_is_the_first_and_last_line_a_user_reads(tmp_path, sy
                         str(bundle_configs(bundle, config)), "--bundle_root", str(root), "--dataset_dir", str(data),
                         "--epochs", "1", "--num_workers", "0", "--pretrained_ckpt", "scratch"][: None if bundle in (
                             "vit_classification", "unetr_segmentation") else -2],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert r.returncode != 0
+                       cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "MEDMAE_ERROR_DIR": str(tmp_path / "errors")})
+    assert r.returncode == 1, r.stderr[-3000:]
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
     first = next(ln for ln in err if ln.startswith(("ERROR", "Traceback")))
     path = os.path.join(str(data), bad)
     assert first.startswith("ERROR: ImageReadError: cannot read ") and path in first, r.stderr[-3000:]
     assert "Compressed file ended" in first or "not a gzip file" in first or "cannot read" in first
-    assert err[-1].startswith("ERROR (the cause of the traceback above): ImageReadError") and path in err[-1]
+    # the message alone, then where the full traceback went: no traceback in the terminal
+    assert "Traceback" not in r.stderr and err[-1].startswith("(full traceback: "), r.stderr[-3000:]
+    report = err[-1][len("(full traceback: "):-1]
+    assert report.startswith(str(tmp_path / "errors")) and "Traceback (most recent call last)" in open(report).read()
     assert "terminate called" not in r.stdout + r.stderr
     assert not glob_checkpoints(root)
 

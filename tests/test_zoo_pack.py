@@ -207,6 +207,9 @@ def test_pack_refuses_weights_of_other_data_without_a_data_license(tmp_path):
     r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist"],
                        cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "chestxray14:/data/cxr14" in r.stderr and "--data_license" in r.stderr
+    # refused: nothing half-written that the next documented command would run
+    dist = os.path.join(root, "dist")
+    assert not os.path.isdir(dist) or not os.listdir(dist), os.listdir(dist)
     lic = tmp_path / "cxr14_license.txt"
     lic.write_text("ChestX-ray14: NIH Clinical Center, CC0.\n")
     _run(["scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist", "--data_license", lic], root)

@@ -7,7 +7,8 @@
 * ``"disk"`` -- MONAI ``PersistentDataset`` under ``cache_dir``: computed once, read back every epoch; for sets that
   do not fit in RAM (ChestX-ray14's 112k images at 224 px are ~22 GB as float32). The cache key of an item covers
   the item, the size and modification time of each file it names, and the deterministic transforms with their
-  parameters (``pickle_hashing``), so a changed image, ``--img_size`` or ``--pixdim`` is never served stale.
+  parameters (``pickle_hashing``), so a changed image, ``--img_size`` or ``--pixdim`` is never served stale. An
+  entry that cannot be read (a full disk or a kill while it was written) is recomputed, with a warning naming it.
 * ``"none"`` -- MONAI ``Dataset``: everything recomputed every epoch (least memory; use DataLoader workers).
 
 Random transforms always run per draw, in all three.
@@ -15,14 +16,18 @@ Random transforms always run per draw, in all three.
 
 from __future__ import annotations
 
+import logging
 import os
 
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 
 from .readers import DatalistError
 
-__all__ = ["CACHE_KINDS", "cached_dataset", "item_hash"]
+__all__ = ["CACHE_KINDS", "CheckedPersistentDataset", "cached_dataset", "item_hash"]
+
+logger = logging.getLogger(__name__)
 
 CACHE_KINDS = ("memory", "disk", "none")
 
@@ -45,6 +50,31 @@ def _file_stamps(value, out: list) -> list:
 def item_hash(item) -> bytes:
     """Cache key of one datalist item: the item itself plus size and mtime of every file (or series folder) it names."""
     return pickle_hashing((item, _file_stamps(item, [])))
+
+
+class CheckedPersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` that recomputes an entry it cannot read, with a warning naming the file.
+
+    A full disk or a kill while an entry is copied into ``cache_dir`` leaves it empty or truncated; MONAI recomputes
+    only entries with a bad pickle header, and every later run died on the others (``EOFError`` with no message, or
+    a ``PytorchStreamReader`` error naming no file)."""
+
+    def _cachecheck(self, item_transformed):
+        if self.cache_dir is not None:
+            name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
+            entry = self.cache_dir / f"{name}.pt"
+            if entry.is_file():
+                try:
+                    return torch.load(entry, weights_only=self.weights_only)
+                except PermissionError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed the same way
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated"
+                    logger.warning(
+                        f"disk cache entry {entry} cannot be read ({type(e).__name__}: {first}); recomputing it"
+                    )
+                    entry.unlink(missing_ok=True)
+        return super()._cachecheck(item_transformed)
 
 
 def cached_dataset(
@@ -73,7 +103,7 @@ def cached_dataset(
         if not cache_dir:
             raise DatalistError(f"config id {config_id!r}='disk' needs a cache folder (config id 'cache_dir')")
         os.makedirs(cache_dir, exist_ok=True)
-        return PersistentDataset(
+        return CheckedPersistentDataset(
             data, transform, cache_dir=cache_dir, hash_func=item_hash, hash_transform=pickle_hashing
         )
     return Dataset(data, transform)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import UserList
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ __all__ = [
     "check_files",
     "DatalistError",
 ]
+
+logger = logging.getLogger(__name__)
 
 PATH_KEYS = ("image", "label", "mask", "lesion")
 
@@ -153,16 +156,20 @@ def load_medmnist_npz(path: str, split: str = "training", max_items: int | None 
     prefix = _MEDMNIST_SPLITS.get(split)
     if prefix is None:
         raise DatalistError(f"unknown split {split!r} for {path}: use one of {sorted(_MEDMNIST_SPLITS)}")
+    ik, lk = f"{prefix}_images", f"{prefix}_labels"
     try:
-        npz = np.load(path)
-    except Exception as e:
-        raise DatalistError(f"{path} is not a readable .npz file: {e}") from e
-    with npz:
-        ik, lk = f"{prefix}_images", f"{prefix}_labels"
-        for k in (ik, lk):
-            if k not in npz.files:
-                raise DatalistError(f"{path} has no array {k!r} (arrays: {sorted(npz.files)})")
-        images, labels = npz[ik], npz[lk]
+        with np.load(path) as npz:
+            for k in (ik, lk):
+                if k not in npz.files:
+                    raise DatalistError(f"{path} has no array {k!r} (arrays: {sorted(npz.files)})")
+            images, labels = npz[ik], npz[lk]  # the arrays are decompressed here: damage shows here
+    except DatalistError:
+        raise
+    except Exception as e:  # zlib "Error -3 while decompressing", BadZipFile, a truncated download
+        raise DatalistError(
+            f"{path} is damaged or not a .npz file ({type(e).__name__}: {e}): download or copy it again (its "
+            "size and checksum should match the source's)"
+        ) from e
     if len(images) != len(labels):
         raise DatalistError(f"{path}: {ik!r} has {len(images)} entries but {lk!r} has {len(labels)}")
     if images.ndim == 4 and images.shape[-1] in (3, 4) and images.shape[1] not in (3, 4):
@@ -202,17 +209,76 @@ def is_dicom_series(path: str) -> bool:
     return True
 
 
+#: file suffixes read as images or volumes by MONAI's ``LoadImage`` (anything else in a folder is skipped, named)
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".nii",
+    ".nii.gz",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+    ".dcm",
+    ".npy",
+)
+
+
+def _is_dicom_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def image_list(input_dir: str, pattern: str = "*") -> list[dict]:
-    """``[{"image": path, "id": name}]`` for inference and unlabelled pretraining: the files of ``input_dir`` matching
-    ``pattern`` (sorted) and its sub-folders that are DICOM series (each one volume). ``input_dir`` that is itself a
-    DICOM series folder gives one item. The ``id`` (a series' folder name) names the outputs."""
+    """``[{"image": path, "id": name}]`` for inference and unlabelled pretraining: the image files of ``input_dir``
+    matching ``pattern`` (sorted; ``data_kwargs {"pattern": "*/*.png"}`` reaches into sub-folders) and its
+    sub-folders that are DICOM series (each one volume). ``input_dir`` that is itself a DICOM series folder gives one
+    item. The ``id`` (a series' folder name) names the outputs. Other files (``readme.txt``, ``.DS_Store``) are
+    skipped with a warning naming them; an image file is one with a suffix of :data:`IMAGE_SUFFIXES` or the DICOM
+    marker."""
     import glob
 
     if not os.path.isdir(input_dir):
         raise DatalistError(f"input folder not found: {input_dir}")
     if is_dicom_series(input_dir):
         return [{"image": input_dir, "id": os.path.basename(os.path.normpath(input_dir))}]
-    found = sorted(f for f in glob.glob(os.path.join(input_dir, pattern)) if os.path.isfile(f) or is_dicom_series(f))
+    matched = sorted(glob.glob(os.path.join(input_dir, pattern)))
+    found, skipped, folders = [], [], []
+    for f in matched:
+        if os.path.isdir(f):
+            (found if is_dicom_series(f) else folders).append(f)
+        elif f.lower().endswith(IMAGE_SUFFIXES) or _is_dicom_file(f):
+            found.append(f)
+        else:
+            skipped.append(os.path.relpath(f, input_dir))
+    if skipped:
+        logger.warning(
+            f"{input_dir}: {len(skipped)} file(s) that are not images skipped: {skipped[:5]}"
+            + (" ..." if len(skipped) > 5 else "")
+            + f" (images end in {', '.join(IMAGE_SUFFIXES)} or are DICOM)"
+        )
+    if folders:
+        logger.info(
+            f"{input_dir}: {len(folders)} sub-folder(s) that are not DICOM series not read: "
+            f"{[os.path.basename(d) for d in folders[:5]]}"
+        )
     if not found:
-        raise DatalistError(f"no file or DICOM series folder matches {os.path.join(input_dir, pattern)}")
-    return [{"image": f, "id": os.path.basename(os.path.normpath(f))} for f in found]
+        hint = ""
+        if folders:
+            names = ", ".join(os.path.basename(d) + "/" for d in folders[:3])
+            hint = (
+                f"; it matched {len(folders)} folder(s) ({names}) that are not DICOM series: for images in "
+                "sub-folders set --data_kwargs \"{'pattern': '*/*.png'}\" (the suffix of your files)"
+            )
+        elif skipped:
+            hint = f"; the {len(skipped)} file(s) there are not images ({skipped[:3]})"
+        raise DatalistError(f"no image file or DICOM series folder matches {os.path.join(input_dir, pattern)}{hint}")
+    # an item's id names its outputs: in sub-folders (normal/a.png, pneumonia/a.png) the relative path keeps them apart
+    return [{"image": f, "id": os.path.relpath(os.path.normpath(f), input_dir).replace(os.sep, "_")} for f in found]

@@ -10,7 +10,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from monai.networks.layers import trunc_normal_
 
 from .masking import RandomMasking, patch_counts
-from .patching import scatter_patches
+from .patching import quiet_meshgrid, scatter_patches
 from .vit import Block, ViTEncoder, check_sincos_dim, init_mae_weights
 
 __all__ = ["MaskedAutoencoder"]
@@ -94,7 +94,8 @@ class MaskedAutoencoder(nn.Module):
 
         self.decoder_embed = nn.Linear(hidden_size, decoder_hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_hidden_size))
-        self.decoder_pos_embed = build_sincos_position_embedding(list(self.grid), decoder_hidden_size, spatial_dims)
+        with quiet_meshgrid():
+            self.decoder_pos_embed = build_sincos_position_embedding(list(self.grid), decoder_hidden_size, spatial_dims)
         self.decoder_blocks = nn.ModuleList(
             [
                 Block(decoder_hidden_size, decoder_mlp_dim, decoder_num_heads, qkv_bias=qkv_bias)

@@ -6,13 +6,23 @@ row-major over the patch grid), so patch ``i`` of :func:`patchify` is token ``i`
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["patchify", "unpatchify", "patch_weights", "grid_shape", "gather_patches", "scatter_patches"]
+__all__ = [
+    "patchify",
+    "unpatchify",
+    "patch_weights",
+    "grid_shape",
+    "gather_patches",
+    "scatter_patches",
+    "quiet_meshgrid",
+]
 
 
 def grid_shape(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, ...]:
@@ -78,3 +88,13 @@ def scatter_patches(values: torch.Tensor, index: torch.Tensor, num_patches: int)
     """``[B, K, P]`` values of the patches ``index`` ``[B, K]`` -> ``[B, num_patches, P]``, zeros elsewhere."""
     out = values.new_zeros(values.shape[0], num_patches, values.shape[-1])
     return out.scatter(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]), values)
+
+
+@contextlib.contextmanager
+def quiet_meshgrid():
+    """MONAI's sin-cos position embedding (``build_sincos_position_embedding``) calls ``torch.meshgrid`` without
+    ``indexing=`` (its result is the same as ``"ij"``), and torch warns at every network built: silenced here, for
+    that warning only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+        yield

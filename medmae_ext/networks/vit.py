@@ -21,7 +21,7 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from monai.networks.layers import DropPath, trunc_normal_
 from monai.utils import ensure_tuple_rep
 
-from .patching import gather_patches, grid_shape
+from .patching import gather_patches, grid_shape, quiet_meshgrid
 
 __all__ = ["Block", "ViTEncoder", "ViTClassifier", "gather_tokens", "init_mae_weights", "check_sincos_dim"]
 
@@ -140,17 +140,18 @@ class ViTEncoder(nn.Module):
         self.num_patches = int(torch.tensor(self.grid).prod())
         self.hidden_size = hidden_size
         self.spatial_dims = spatial_dims
-        self.patch_embedding = PatchEmbeddingBlock(
-            in_channels=in_channels,
-            img_size=self.img_size,
-            patch_size=self.patch_size,
-            hidden_size=hidden_size,
-            num_heads=num_heads,
-            proj_type="conv",
-            pos_embed_type=pos_embed_type,
-            dropout_rate=dropout_rate,
-            spatial_dims=spatial_dims,
-        )
+        with quiet_meshgrid():
+            self.patch_embedding = PatchEmbeddingBlock(
+                in_channels=in_channels,
+                img_size=self.img_size,
+                patch_size=self.patch_size,
+                hidden_size=hidden_size,
+                num_heads=num_heads,
+                proj_type="conv",
+                pos_embed_type=pos_embed_type,
+                dropout_rate=dropout_rate,
+                spatial_dims=spatial_dims,
+            )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         trunc_normal_(self.cls_token, mean=0.0, std=0.02, a=-2.0, b=2.0)
         rates = torch.linspace(0, drop_path_rate, num_layers).tolist() if num_layers > 1 else [drop_path_rate]

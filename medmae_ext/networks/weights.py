@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import WeightsFileError
+
 __all__ = [
     "read_state_dict",
     "encoder_state_dict",
@@ -121,11 +123,11 @@ def read_state_dict(path: str, key: str | None = None) -> dict[str, torch.Tensor
     """Read a state dict from a bundle ``model.pt`` (plain state dict) or a training checkpoint
     (``{"network": ..., "optimizer": ...}``); ``key`` picks the entry explicitly."""
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained checkpoint not found: {path!r}")
+        raise WeightsFileError(f"weights file not found: {path!r}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which one
-        raise ValueError(f"could not read checkpoint {path!r}: {e}") from e
+        raise WeightsFileError.unreadable(path, e) from e
     if key is not None:
         if key not in obj:
             raise KeyError(f"checkpoint {path!r} has no entry {key!r}; entries: {sorted(obj)[:10]}")
@@ -136,7 +138,7 @@ def read_state_dict(path: str, key: str | None = None) -> dict[str, torch.Tensor
                 obj = obj[k]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"checkpoint {path!r} does not hold a state dict of tensors.")
+        raise WeightsFileError(f"checkpoint {path!r} does not hold a state dict of tensors.")
     return dict(obj)
 
 
@@ -207,7 +209,7 @@ def load_pretrained_encoder(
         )
         return network
     if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(
+        raise WeightsFileError(
             f"pretrained checkpoint not found: {ckpt_path} (config id 'pretrained_ckpt': run mae_pretrain or "
             "msmae_pretrain first, point it at their models/model.pt, or pass --pretrained_ckpt scratch to train "
             "from scratch; a bare None is dropped by MONAI's command line)"

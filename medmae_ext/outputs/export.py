@@ -96,6 +96,7 @@ def export_program(
 
     from ..bundle.record import record_path
     from ..data.intensity import intensity_kind
+    from ..networks.weights import read_state_dict
 
     parser = ConfigParser()
     parser.read_config(config_file)
@@ -110,11 +111,7 @@ def export_program(
         with open(meta_file) as f:
             meta = json.load(f)
     net = parser.get_parsed_content(net_id)
-    state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-    for key in ("network", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    net.load_state_dict(state)
+    net.load_state_dict(read_state_dict(ckpt_file))
     net.eval()
     steps = list((meta or {}).get("preprocessing", []))
     if intensity:

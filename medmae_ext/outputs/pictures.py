@@ -149,19 +149,30 @@ def reconstruction_panel(
     return (np.concatenate(rows[:-1], axis=0) * 255).round().astype(np.uint8)
 
 
-def _with_header(panel: np.ndarray, labels: list[str], scale: int) -> np.ndarray:
-    """Upscale ``panel`` by ``scale`` (nearest) and add a white strip with one label per column."""
-    from PIL import Image, ImageDraw
+LEGEND = "blue = masked, red = thrown (not reconstructed)"
 
+
+def _with_header(panel: np.ndarray, labels: list[str], scale: int) -> np.ndarray:
+    """Upscale ``panel`` by ``scale`` (nearest; more where a column is narrower than its label) and add a white strip
+    with one label per column and the colour legend, each drawn whole (the canvas is widened for the legend)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def width(text: str) -> int:
+        return int(math.ceil(measure.textlength(text, font=font)))
+
+    scale = max(scale, math.ceil((max(width(t) for t in labels) + 8) * len(labels) / panel.shape[1]))
     img = Image.fromarray(panel).resize((panel.shape[1] * scale, panel.shape[0] * scale), Image.NEAREST)
     header = 30
-    out = Image.new("RGB", (img.width, img.height + header), "white")
+    out = Image.new("RGB", (max(img.width, width(LEGEND) + 8), img.height + header), "white")
     out.paste(img, (0, header))
     draw = ImageDraw.Draw(out)
     col_w = img.width / len(labels)
     for k, text in enumerate(labels):
-        draw.text((int(k * col_w) + 3, 2), text, fill="black")
-    draw.text((3, 15), "blue = masked, red = thrown (not reconstructed)", fill=MASKED_RGB)
+        draw.text((int(k * col_w) + 3, 2), text, fill="black", font=font)
+    draw.text((3, 15), LEGEND, fill=MASKED_RGB, font=font)
     return np.asarray(out)
 
 

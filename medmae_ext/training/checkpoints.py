@@ -15,13 +15,14 @@ import math
 import os
 
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader
 
 from ..networks.weights import unwrap
 from .guards import NonFiniteError, non_finite_tensors
-from .resume import CHECKPOINT_RE, RunMismatchError
-from .runlock import release_run_lock
+from .resume import RunMismatchError, checkpoint_position
+from .runlock import AtomicSaver, release_run_lock
+from .stopping import SignalStop, SkipFirst, random_state
 
 __all__ = ["AtomicCheckpointSaver", "BestModelSaver", "ResumeCheckpointLoader", "finite_greater"]
 
@@ -51,6 +52,8 @@ class ResumeCheckpointLoader(CheckpointLoader):
             for obj in self.load_dict.values()
             if hasattr(obj, "lr_lambdas")
         ]
+        if self.load_path:  # ignite announces the position before this loader restores it ("iteration 0, epoch 0")
+            engine.logger.addFilter(_NotTheStartPosition())
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
@@ -68,6 +71,25 @@ class ResumeCheckpointLoader(CheckpointLoader):
             for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=False):
                 group["initial_lr"] = base
                 group["lr"] = base * fn(sched.last_epoch)
+        logger.info(
+            f"resumed from {self.load_path}: epoch {engine.state.epoch}, iteration {engine.state.iteration} done; "
+            f"training until epoch {engine.state.max_epochs}"
+        )
+        import torch
+
+        stopped = torch.load(self.load_path, map_location="cpu", weights_only=True, mmap=True).get("interrupted")
+        if stopped and stopped.get("iterations_into_epoch"):  # stopped mid-epoch: replay that epoch's order
+            engine.state.dataloader = SkipFirst(
+                engine.state.dataloader, stopped["iterations_into_epoch"], stopped.get("random")
+            )
+
+
+class _NotTheStartPosition(logging.Filter):
+    """Drops ignite's ``Engine run resuming from iteration 0, epoch 0`` line, logged before the checkpoint is loaded
+    (the loader logs the true position)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Engine run resuming from iteration 0, epoch 0 ")
 
 
 class AtomicCheckpointSaver:
@@ -75,8 +97,8 @@ class AtomicCheckpointSaver:
     the network weights alone as ``model_filename`` (the bundle's ``models/model.pt``). The engine it is attached
     to is saved too, as ``"trainer"``; put the run's :class:`RunIdentity` in ``save_dict`` under ``"run"``.
 
-    Every file is written to a temporary file in the same folder and renamed into place (ignite's
-    ``DiskSaver(atomic=True)``), so an interrupted run never leaves a truncated checkpoint. Only the newest
+    Every file is written to a temporary file (``.medmae-tmp-*``) in the same folder and renamed into place
+    (:class:`~medmae_ext.training.runlock.AtomicSaver`), so an interrupted run never leaves a truncated checkpoint. Only the newest
     ``n_saved`` checkpoints *of this run* are kept: the ones it wrote and the one it resumed from. Other files in the
     folder are never deleted (:func:`resume_checkpoint` has moved any earlier run's files aside).
     """
@@ -90,6 +112,7 @@ class AtomicCheckpointSaver:
         save_interval: int = 1,
         n_saved: int = 2,
         resumed_from: str | None = None,
+        stop_on_signals: bool = True,
     ) -> None:
         if model_key not in save_dict:
             raise KeyError(f"model_key {model_key!r} is not in save_dict (keys: {sorted(save_dict)})")
@@ -100,10 +123,11 @@ class AtomicCheckpointSaver:
         self.save_interval = save_interval
         self.n_saved = n_saved
         self.own: list[str] = [os.path.abspath(resumed_from)] if resumed_from else []
+        self.stop_on_signals = stop_on_signals
 
     def attach(self, engine: Engine) -> None:
         os.makedirs(self.save_dir, exist_ok=True)
-        self._disk = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
+        self._disk = AtomicSaver(self.save_dir)
         self._checkpoint = Checkpoint(
             {**self.save_dict, "trainer": engine},
             self._disk,
@@ -113,6 +137,25 @@ class AtomicCheckpointSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
         engine.add_event_handler(Events.COMPLETED, self.save_model)
         engine.add_event_handler(Events.COMPLETED, lambda _: release_run_lock(self.save_dir))
+        if self.stop_on_signals:
+            SignalStop(self.save_interrupted, lambda: release_run_lock(self.save_dir)).attach(engine)
+
+    def save_interrupted(self, engine: Engine) -> str:
+        """Write ``checkpoint_<epochs done>_<iterations into the next>.pt``: the training state mid-epoch and the
+        random state of this moment (:mod:`medmae_ext.training.stopping`); returns its path."""
+        self._check_finite(engine)
+        length = engine.state.epoch_length
+        into = engine.state.iteration % length if length else 0
+        done = engine.state.iteration // length if length else engine.state.epoch
+        name = f"checkpoint_{done}_{into}.pt" if into else f"checkpoint_{done}.pt"
+        state = {k: unwrap(v).state_dict() for k, v in {**self.save_dict, "trainer": engine}.items()}
+        state["interrupted"] = {"iterations_into_epoch": into, "random": random_state()}
+        self._disk(state, name)
+        path = os.path.abspath(os.path.join(self.save_dir, name))
+        if path not in self.own:
+            self.own.append(path)
+        self._write_model()
+        return path
 
     def _check_finite(self, engine: Engine) -> None:
         bad = non_finite_tensors(unwrap(self.save_dict[self.model_key]))
@@ -144,9 +187,9 @@ class AtomicCheckpointSaver:
     def prune(self) -> None:
         import ignite.distributed as idist
 
-        if idist.get_rank() != 0:  # only rank 0 writes (ignite's DiskSaver), so only rank 0 prunes
+        if idist.get_rank() != 0:  # only rank 0 writes (AtomicSaver, an ignite DiskSaver), so only rank 0 prunes
             return
-        own = sorted((int(m.group(1)), p) for p in self.own if (m := CHECKPOINT_RE.search(p)))
+        own = sorted((pos, p) for p in self.own if (pos := checkpoint_position(p)) is not None)
         for _, p in own[: max(0, len(own) - self.n_saved)]:
             if os.path.exists(p):
                 os.remove(p)
@@ -175,7 +218,7 @@ class BestModelSaver:
         self.paused = False  # set by serving.ServedModelBaseline while it validates the served model
 
     def attach(self, engine: Engine) -> None:
-        self._disk = DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)
+        self._disk = AtomicSaver(self.save_dir)
         self._engine = engine
         engine.add_event_handler(Events.COMPLETED, self)
         if self._restored is not None:

@@ -8,9 +8,10 @@ makes two runs the same run (network shapes, initialisation, training data, the 
 * same run, not finished (killed, or ``--epochs`` raised): resume from it;
 * same run, already finished: stop, saying so (re-running a finished run would end at once with the old model);
 * another run: stop with a message naming each difference;
-* ``--resume False``: start fresh; every earlier output of the folder (checkpoints, ``model.pt`` and its run record
-  ``metadata.json``) is first moved to ``<ckpt_dir>/previous/<time>/`` so that nothing is lost and nothing of it is
-  resumed or pruned later.
+* ``--resume False``: start fresh; the earlier run is first archived whole -- checkpoints, ``model.pt`` and its run
+  record ``metadata.json``, and its logs, pictures and reports (config id ``run_outputs``) -- in
+  ``<ckpt_dir>/previous/<time>/``, so that nothing is lost, nothing of it is resumed or pruned later, and TensorBoard
+  and the picture folder show one run.
 
 Before deciding, it takes the folder's run lock (:mod:`medmae_ext.training.runlock`: a second run in the same folder
 stops) and deletes temporary files of interrupted saves.
@@ -29,11 +30,13 @@ import time
 
 import torch
 
+from ..errors import InputError
 from ..networks.weights import unwrap
 from .runlock import acquire_run_lock, clean_stale_temp_files, release_run_lock
 
 __all__ = [
     "CHECKPOINT_RE",
+    "checkpoint_position",
     "PREVIOUS_OUTPUTS",
     "RUN_KEY",
     "RunIdentity",
@@ -47,18 +50,28 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
+#: ``checkpoint_<epoch>.pt`` (end of an epoch) or ``checkpoint_<epochs done>_<iterations into the next>.pt`` (a run
+#: stopped by SIGTERM / SIGINT, :mod:`medmae_ext.training.stopping`)
+CHECKPOINT_RE = re.compile(r"checkpoint_(\d+)(?:_(\d+))?\.pt$")
 RUN_KEY = "run"
 
 
-class RunMismatchError(RuntimeError):
-    """The checkpoint folder holds another run's state (or a finished run) and the bundle was asked to resume."""
+class RunMismatchError(InputError):
+    """The checkpoint folder holds another run's state (or a finished run, or only unreadable checkpoints) and the
+    bundle was asked to resume (a usage error: exit 1 with this message)."""
+
+
+def checkpoint_position(path: str) -> tuple[int, int] | None:
+    """``(epochs done, iterations into the next epoch)`` of a checkpoint file name; None for other files."""
+    m = CHECKPOINT_RE.search(os.path.basename(path))
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
 
 
 def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
-    """``(epoch, path)`` of every ``checkpoint_<epoch>.pt`` in ``ckpt_dir``, oldest first."""
+    """``(epochs done, path)`` of every training checkpoint in ``ckpt_dir``, oldest first."""
     paths = glob.glob(os.path.join(ckpt_dir, "checkpoint_*.pt"))
-    return sorted((int(m.group(1)), p) for p in paths if (m := CHECKPOINT_RE.search(p)))
+    found = sorted((pos, p) for p in paths if (pos := checkpoint_position(p)) is not None)
+    return [(pos[0], p) for pos, p in found]
 
 
 def latest_checkpoint(ckpt_dir: str) -> str | None:
@@ -146,11 +159,12 @@ class RunIdentity:
         return f"RunIdentity({self.state_dict()})"
 
 
-def _read_checkpoint(path: str) -> dict | None:
+def _read_checkpoint(path: str, problems: dict) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated (full disk, kill during a copy) or foreign: fall back to an older one
-        logger.warning(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); trying an older one")
+    except Exception as e:  # truncated (full disk, kill during a copy), newer torch, foreign: try an older one
+        problems[path] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        logger.warning(f"checkpoint {path} cannot be read ({problems[path]}); trying an older one")
         return None
 
 
@@ -158,13 +172,38 @@ def _read_checkpoint(path: str) -> dict | None:
 PREVIOUS_OUTPUTS = ("model.pt", "metadata.json")
 
 
-def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS) -> str | None:
-    """Move every ``checkpoint_*.pt`` and ``extra_files`` of ``ckpt_dir`` into ``ckpt_dir/previous/<time>/``;
-    returns that folder, or None when there was nothing to move. Only the first process of a distributed run moves."""
+def _tensorboard_folder(path: str) -> bool:
+    return os.path.isdir(path) and any(n.startswith("events.out.tfevents.") for n in os.listdir(path))
+
+
+def _earlier_outputs(ckpt_dir: str, extra_files, outputs) -> list[tuple[str, str]]:
+    """``(source, name in the archive)`` of everything an earlier run of ``ckpt_dir`` left."""
+    found = [(p, os.path.basename(p)) for _, p in list_checkpoints(ckpt_dir)]
+    found += [(os.path.join(ckpt_dir, f), f) for f in extra_files if os.path.isfile(os.path.join(ckpt_dir, f))]
+    for folder in outputs or ():
+        folder = os.path.abspath(folder)
+        if not os.path.isdir(folder):
+            continue
+        if os.path.commonpath([folder, os.path.abspath(ckpt_dir)]) == folder:  # a bundle root, not an output folder
+            logger.warning(f"{folder} holds the checkpoint folder {ckpt_dir}: it is not archived as a run output")
+            continue
+        for name in sorted(os.listdir(folder)):
+            p = os.path.join(folder, name)
+            # a sub-folder with TensorBoard files of its own is another config's log folder (logs/3d), not ours
+            if os.path.islink(p) or _tensorboard_folder(p) or os.path.abspath(p) == os.path.abspath(ckpt_dir):
+                continue
+            found.append((p, os.path.join(os.path.basename(folder), name)))
+    return found
+
+
+def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS, outputs=()) -> str | None:
+    """Archive an earlier run whole: every ``checkpoint_*.pt`` and ``extra_files`` of ``ckpt_dir`` and the entries
+    of each folder in ``outputs`` (its TensorBoard files, pictures, reports) move into ``ckpt_dir/previous/<time>/``
+    (those of an output folder ``.../eval`` into ``previous/<time>/eval/``). Returns that folder, or None when there
+    was nothing to move. Only the first process of a distributed run moves."""
     import ignite.distributed as idist
 
-    files = [p for _, p in list_checkpoints(ckpt_dir)]
-    files += [os.path.join(ckpt_dir, f) for f in extra_files if os.path.isfile(os.path.join(ckpt_dir, f))]
+    files = _earlier_outputs(ckpt_dir, extra_files, outputs)
     if not files or idist.get_rank() != 0:
         return None
     dest = os.path.join(ckpt_dir, "previous", time.strftime("%Y%m%d-%H%M%S"))
@@ -172,42 +211,46 @@ def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS) -> str | 
     while os.path.exists(dest if not n else f"{dest}-{n}"):
         n += 1
     dest = dest if not n else f"{dest}-{n}"
-    os.makedirs(dest)
-    for f in files:
-        shutil.move(f, os.path.join(dest, os.path.basename(f)))
-    logger.warning(f"starting a fresh run: the earlier outputs of {ckpt_dir} ({len(files)} files) were moved to {dest}")
+    for src, name in files:
+        os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+        shutil.move(src, os.path.join(dest, name))
+    logger.warning(
+        f"starting a fresh run: the earlier run of {ckpt_dir} (weights, run record, logs, pictures, reports: "
+        f"{len(files)} entries) was moved to {dest}"
+    )
     return dest
 
 
 def resume_checkpoint(
-    ckpt_dir: str, identity: RunIdentity, resume: bool = True, extra_files=PREVIOUS_OUTPUTS
+    ckpt_dir: str, identity: RunIdentity, resume: bool = True, extra_files=PREVIOUS_OUTPUTS, outputs=()
 ) -> str | None:
-    """The checkpoint to resume from, or None to start fresh; see the module docstring for the rules.
+    """The checkpoint to resume from, or None to start fresh; see the module docstring for the rules. ``outputs``:
+    the run's output folders (config id ``run_outputs``: logs, pictures, reports), archived with the weights when
+    the run starts fresh.
 
     Raises :class:`RunMismatchError` naming both runs when ``ckpt_dir`` holds another run or a finished one.
     """
     import ignite.distributed as idist
 
     if idist.get_rank() != 0:
-        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files)
+        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs)
     acquire_run_lock(ckpt_dir)
     try:
         clean_stale_temp_files(ckpt_dir)
-        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files)
+        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs)
     except BaseException:
         release_run_lock(ckpt_dir)  # refused: this run never started
         raise
 
 
-def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra_files) -> str | None:
+def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra_files, outputs) -> str | None:
     if not resume:
-        move_previous_outputs(ckpt_dir, extra_files)
+        move_previous_outputs(ckpt_dir, extra_files, outputs)
         return None
-    unreadable = []
+    unreadable: dict[str, str] = {}
     for epoch, path in reversed(list_checkpoints(ckpt_dir)):
-        ckpt = _read_checkpoint(path)
+        ckpt = _read_checkpoint(path, unreadable)
         if ckpt is None:
-            unreadable.append(path)
             continue
         stored = ckpt.get(RUN_KEY)
         if not isinstance(stored, dict):
@@ -233,10 +276,18 @@ def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra
             )
         if unreadable:
             logger.warning(
-                f"resuming from {path}, the newest intact checkpoint: {unreadable} cannot be read "
+                f"resuming from {path}, the newest intact checkpoint: {sorted(unreadable)} cannot be read "
                 "(truncated or corrupt)"
             )
         logger.info(f"resuming from {path} (epoch {done_epoch} of {identity.epochs}); run: {identity.init}")
         return path
-    move_previous_outputs(ckpt_dir, extra_files)  # unreadable checkpoints or a model.pt with no run behind it
+    if unreadable:  # starting fresh would silently throw the run away: the user decides
+        raise RunMismatchError(
+            f"no checkpoint in {ckpt_dir} can be read, so this run cannot resume:\n"
+            + "\n".join(f"  {os.path.basename(p)}: {why}" for p, why in sorted(unreadable.items()))
+            + "\nThey are truncated or corrupt, or were written by a newer torch than this one "
+            f"({torch.__version__}). Nothing was changed. Resume with the torch that wrote them, or start fresh with "
+            f"--resume False (they are moved to {os.path.join(ckpt_dir, 'previous')}/)."
+        )
+    move_previous_outputs(ckpt_dir, extra_files, outputs)  # a model.pt / run record with no checkpoint behind it
     return None

@@ -24,6 +24,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..networks.weights import read_state_dict, unwrap
+from .runlock import AtomicSaver
 
 __all__ = [
     "ServedModelBaseline",
@@ -150,7 +151,6 @@ class EndOfRunValidation:
 
     def __call__(self, engine: Engine) -> None:
         import ignite.distributed as idist
-        from ignite.handlers import DiskSaver
 
         if engine.state.epoch % self.interval:
             logger.info(
@@ -165,6 +165,4 @@ class EndOfRunValidation:
                     f"no validation gave a finite metric, so no best model was chosen: {path} holds the "
                     "final weights of this run"
                 )
-            DiskSaver(self.save_dir, require_empty=False, atomic=True, create_dir=True)(
-                unwrap(self.network).state_dict(), self.filename
-            )
+            AtomicSaver(self.save_dir)(unwrap(self.network).state_dict(), self.filename)
