@@ -83,7 +83,7 @@ def test_inference_on_empty_folder_names_it(tmp_path, trained):
         run_bundle(B, "inference.json", run_id="run", bundle_root=str(root), input_dir=str(tmp_path / "empty"),
                    num_workers=0)
     msgs = [str(e) for e in exception_chain(info.value) if isinstance(e, DatalistError)]
-    assert msgs and "no file or DICOM series folder matches" in msgs[0] and "empty" in msgs[0]
+    assert msgs and "no image file or DICOM series folder matches" in msgs[0] and "empty" in msgs[0]
 
 
 def test_ckpt_export_torchscript_matches(trained):

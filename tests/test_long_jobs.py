@@ -400,3 +400,128 @@ def test_a_signal_stops_after_the_iteration_and_the_same_command_resumes_exactly
     loss_b, lr_b = torch.tensor([got[i] for i in sorted(got)]).T
     torch.testing.assert_close(lr_b, lr_a, rtol=1e-6, atol=0)
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+
+
+# following a run in a terminal ------------------------------------------------------------------------------------
+def _in_terminal(args, cwd, timeout=600) -> str:
+    """Run ``args`` with a pseudo-terminal as stdout and stderr (what a person at a terminal sees)."""
+    import pty
+    import select
+    import subprocess
+    import time
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal 160 x 40
+    p = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, close_fds=True)
+    os.close(slave)
+    out, end = b"", time.time() + timeout
+    while time.time() < end:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if master in ready:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        elif p.poll() is not None:
+            break
+    p.wait(30)
+    os.close(master)
+    assert p.returncode == 0, out.decode(errors="replace")[-3000:]
+    return out.decode(errors="replace")
+
+
+def test_training_and_inference_show_progress_epoch_lines_and_what_they_wrote(tmp_path, synth2d):
+    import re
+    import sys
+
+    from conftest import REPO, bundle_config
+
+    root = tmp_path / "run"
+    out = _in_terminal([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+                        bundle_config(B, "train.json"), "--bundle_root", str(root), "--dataset_dir", synth2d,
+                        "--epochs", "2", "--batch_size", "8", "--num_workers", "0", "--pretrained_ckpt", "scratch",
+                        "--val_interval", "1"], REPO)
+    screen = out.replace("\r\n", "\n")
+    total = re.findall(r"training:\s+\d+%\|.*?\| (\d+)/(\d+) \[[\d:]+<[\d:]+", screen)
+    assert total and total[-1][0] == total[-1][1], screen[-3000:]  # one bar for the whole run, with its ETA
+    assert int(total[-1][1]) > 2 * 3  # spans both epochs, not one
+    epoch_lines = [ln for ln in screen.split("\n") if re.search(r"epoch [12]/2 \| loss [\d.]+ \| validation val_auc", ln)]
+    assert len(epoch_lines) == 2, screen[-3000:]
+    assert "Iter:" not in screen  # no per-iteration log lines breaking the bar
+    assert not re.search(r"it/s[^\n]*\] *\d{4}-\d\d-\d\d ", screen) and not re.search(r"s/it[^\n]*\] *\d{4}-", screen)
+    summary = screen[screen.index("training finished in"):]
+    for written in ("models/: ", "model.pt", "metadata.json", "logs/: ", "eval/validation/: "):
+        assert written in summary, summary
+
+    out = _in_terminal([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                        bundle_config(B, "inference.json"), "--bundle_root", str(root), "--dataset_dir", synth2d], REPO)
+    screen = out.replace("\r\n", "\n")
+    assert re.search(r"inference:\s+100%\|.*\| (\d+)/\1 ", screen), screen[-3000:]
+    assert re.search(r"inference finished in [\d:]+; it wrote 1 file\(s\):\s*\n.*eval/: predictions.csv", screen), \
+        screen[-2000:]
+
+
+def test_progress_in_a_log_file_and_inputs_left_out_are_named(tmp_path):
+    import io
+    import shutil
+
+    from conftest import captured_warnings
+    from ignite.engine import Engine
+
+    from medmae_ext.data.readers import image_list
+    from medmae_ext.outputs.progress import Progress
+
+    log = io.StringIO()  # not a terminal (SLURM's output file): plain lines every log_every seconds
+    engine = Engine(lambda e, b: {"loss": 0.5})
+    Progress("training", loss=lambda o: o["loss"], log_every=0, stream=log).attach(engine)
+    engine.run(range(4), max_epochs=3)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "training: 12 iterations", lines
+    assert any(ln.startswith("training: 12/12 iterations (100%), ") for ln in lines) and any("left" in ln for ln in lines)
+    assert [ln.split(" | ")[:2] for ln in lines if ln.startswith("epoch ")] == [
+        ["epoch 1/3", "loss 0.5000"], ["epoch 2/3", "loss 0.5000"], ["epoch 3/3", "loss 0.5000"]]
+
+    # a DICOM series next to NIfTI files is not silently left out by the default '*.nii.gz'
+    series = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ct")
+    dicom = [os.path.join(r, d) for r, ds, _ in os.walk(series) for d in ds]
+    from medmae_ext.data.readers import is_dicom_series
+
+    dicom = [d for d in dicom if is_dicom_series(d)]
+    if not dicom:
+        pytest.skip("../shared/data/ct has no DICOM series here")
+    shutil.copytree(dicom[0], tmp_path / "scans" / "series_a")
+    (tmp_path / "scans" / "ct1.nii.gz").write_bytes(b"x")
+    with captured_warnings("medmae_ext.data.readers") as said:
+        items = image_list(str(tmp_path / "scans"), "*.nii.gz")
+    assert [it["id"] for it in items] == ["ct1.nii.gz"]
+    assert any("series_a" in m and "'*'" in m for m in said), said
+
+
+def test_the_stop_and_progress_handlers_never_swallow_an_exception():
+    """ignite re-raises a run's exception only while no EXCEPTION_RAISED handler exists; ours must re-raise it (a
+    DDP rank without StatsHandler would otherwise end 'successfully' after a crash)."""
+    import signal
+
+    from ignite.engine import Engine
+
+    from medmae_ext.outputs.progress import Progress
+    from medmae_ext.training.stopping import SignalStop
+
+    def step(engine, batch):
+        if engine.state.iteration == 3:
+            raise RuntimeError("boom at iteration 3")
+
+    before = signal.getsignal(signal.SIGINT)
+    for handler in (Progress("training"), SignalStop(save=lambda e: "x")):
+        engine = Engine(step)
+        handler.attach(engine)
+        with pytest.raises(RuntimeError, match="boom at iteration 3"):
+            engine.run(range(5), max_epochs=2)
+    assert signal.getsignal(signal.SIGINT) is before  # restored after the failure

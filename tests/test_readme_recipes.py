@@ -134,5 +134,6 @@ def test_unetr_real_ct_recipe_runs_as_written(tmp_path):
     r = subprocess.run(["bash", "-c", without], cwd=repo, capture_output=True, text=True, timeout=900)
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert "example_ct_atlas.nii.gz has values [5, 6, 52, 117] outside the classes 0..4" in err[-1]
+    assert err[-2].startswith("ERROR: ") and err[-1].startswith("(full traceback: ")  # the message alone, then where
+    assert "example_ct_atlas.nii.gz has values [5, 6, 52, 117] outside the classes 0..4" in err[-2]
     assert not os.path.exists(repo / "bundles" / "x" / "models")

@@ -81,7 +81,9 @@ def test_resume_refuses_another_run_and_a_finished_one(tmp_path, synth2d, mae_ck
     wf = run_bundle(B, "train.json", pretrained_ckpt="scratch", resume=False, **kw)  # fresh, when asked
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
     prev = glob.glob(str(tmp_path / "models" / "previous" / "*"))
-    assert len(prev) == 1 and sorted(os.listdir(prev[0])) == ["checkpoint_1.pt", "checkpoint_2.pt", "metadata.json", "model.pt"]
+    # the earlier run whole: weights, record, and its reports and TensorBoard files (eval/, logs/)
+    assert len(prev) == 1 and sorted(os.listdir(prev[0])) == ["checkpoint_1.pt", "checkpoint_2.pt", "eval", "logs",
+                                                             "metadata.json", "model.pt"]
     assert torch.load(tmp_path / "models" / "checkpoint_1.pt", weights_only=True)["run"]["init"] == "scratch"
 
 

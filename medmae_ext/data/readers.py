@@ -264,6 +264,17 @@ def image_list(input_dir: str, pattern: str = "*") -> list[dict]:
             + (" ..." if len(skipped) > 5 else "")
             + f" (images end in {', '.join(IMAGE_SUFFIXES)} or are DICOM)"
         )
+    unmatched = [
+        os.path.join(input_dir, n)
+        for n in sorted(os.listdir(input_dir))
+        if not n.startswith(".") and os.path.join(input_dir, n) not in set(matched)
+    ]
+    series = [os.path.basename(p) for p in unmatched if is_dicom_series(p)]
+    if series:
+        logger.warning(
+            f"{input_dir}: {len(series)} DICOM series folder(s) do not match the pattern {pattern!r} and are not read: "
+            f"{series[:5]}; to read them too set the pattern to '*' (--input_glob '*', or data_kwargs 'pattern')"
+        )
     if folders:
         logger.info(
             f"{input_dir}: {len(folders)} sub-folder(s) that are not DICOM series not read: "

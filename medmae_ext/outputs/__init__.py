@@ -2,4 +2,4 @@
 pictures (``pictures``), pretraining embeddings / reconstructions (``pretrain_outputs``), DICOM SEG (``dicom_seg``),
 ``torch.export`` programs (``export``)."""
 
-from . import dicom_seg, pictures, pretrain_outputs, reports, segmentation_report  # noqa: F401
+from . import dicom_seg, pictures, pretrain_outputs, progress, reports, segmentation_report  # noqa: F401

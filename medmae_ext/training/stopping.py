@@ -106,8 +106,14 @@ class SignalStop:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._install)
-        for event in (Events.COMPLETED, Events.TERMINATE, Events.EXCEPTION_RAISED):
+        for event in (Events.COMPLETED, Events.TERMINATE):
             engine.add_event_handler(event, self._uninstall)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+
+    def _failed(self, engine: Engine, e: BaseException) -> None:
+        """Restore the signal handlers and re-raise (ignite re-raises only while no EXCEPTION_RAISED handler exists)."""
+        self._uninstall(engine)
+        raise e
 
     def _install(self, engine: Engine) -> None:
         engine.state.stopped_by = None
