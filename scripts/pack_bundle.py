@@ -1,6 +1,6 @@
 """Pack a medmae bundle with the weights of a finished run into a self-contained model-zoo bundle folder and zip.
 
-    python scripts/pack_bundle.py --bundle vit_classification --out dist
+    python scripts/pack_bundle.py --bundle vit_classification --out dist --weights_url https://example.org/medmae
 
 writes ``dist/vit_classification/`` and ``dist/vit_classification_v<version>.zip`` (the zip holds the folder, as
 ``monai.bundle download`` expects). The folder runs alone -- model-zoo CI, MONAI Label, ``monai.bundle
@@ -15,7 +15,13 @@ download``/``load`` -- and means what its weights mean:
   preprocessing; ``configs/metadata.json`` describes the trained network. A bundle written as what it adds to another
   (``msmae_pretrain`` on ``mae_pretrain``) is merged into standalone configs;
 - ``medmae_ext/`` is copied into the bundle root (the repository's ``medmae_ext/`` stays the single source);
-- ``large_files.yml`` records each weight file's sha256 and the URL it will be served from (``--weights_url``);
+- ``large_files.yml`` records each weight file's sha256 and the URL it will be served from (``--weights_url``,
+  required when weights ship: an invented URL would make ``monai.bundle download`` fail for every user);
+- ``LICENSE`` is the full Apache-2.0 text (the repository's ``LICENSE``) followed by the bundle's notice;
+- what the weights are is said where a user of the pack reads it: ``configs/metadata.json`` gets ``eval_metrics``
+  (the run's best validation metric) and ``docs/README.md`` opens with a section on the shipped weights -- the data
+  they saw, for how many epochs and iterations, the metric and where it was measured, and a plain warning when they
+  are a short synthetic-data run;
 - ``docs/data_license.txt`` says what data the weights were trained on (``--data_license`` text, or the synthetic
   default's statement when the record says the weights came from the synthetic data) and the licence of the code.
 
@@ -197,7 +203,34 @@ def _metadata(meta: dict, record: dict) -> dict:
     sys.path.insert(0, REPO)
     from medmae_ext.bundle.metadata import run_metadata
 
-    return run_metadata(meta, record["settings"], record["kind"], record.get("trained_on"))
+    out = run_metadata(meta, record["settings"], record["kind"], record.get("trained_on"))
+    best = record.get("best_metric")
+    if best:  # the model zoo's field: the measured metric of these weights (spleen: {"mean_dice": 0.96})
+        out["eval_metrics"] = {best["name"]: round(float(best["value"]), 4)}
+    return out
+
+
+#: fewer iterations than this on the synthetic default: the pack says the weights only demonstrate the pipeline
+DEMO_ITERATIONS = 1000
+
+
+def weights_section(records: dict) -> str:
+    """The packed README's opening section: what the shipped weights are, from their run records."""
+    lines = ["## The weights in this pack", ""]
+    if not records:
+        return "\n".join(lines + ["This pack ships **no trained weights**: train it on your own data (below).", "", ""])
+    for rel, r in sorted(records.items()):
+        best = r.get("best_metric")
+        metric = (f"best validation {best['name']} **{float(best['value']):.4f}** at epoch {best['epoch']} (on the "
+                  f"validation split of `{r.get('data_source')}`, the split the checkpoint was chosen on: optimistic "
+                  "for other data)" if best else "no validation metric (self-supervised pretraining)")
+        lines.append(f"- `{rel}`: {r.get('kind')} network trained on `{r.get('trained_on')}` for "
+                     f"{r.get('epochs_run')} epoch(s), {r.get('iterations_run')} iteration(s), finished "
+                     f"{r.get('finished')}; {metric}. Settings and preprocessing: `{os.path.dirname(rel)}/metadata.json`.")
+        if r.get("trained_on") == "synthetic" and int(r.get("iterations_run") or 0) < DEMO_ITERATIONS:
+            lines.append(f"  **These weights saw only medmae's synthetic images for {r.get('iterations_run')} "
+                         "iteration(s): they show that the bundle runs, they are not a model for real images.**")
+    return "\n".join(lines + ["", ""])
 
 
 def _large_files_yml(entries: list[tuple[str, str, str]]) -> str:
@@ -243,6 +276,10 @@ def pack(bundle: str, out: str = "dist", models_dir: str | None = None, weights_
         raise PackError(f"the weights in {models_dir} were trained on {sorted(trained_on)}: pass --data_license "
                         "<file> stating that data's licence (it goes to docs/data_license.txt)")
 
+    if found and not weights_url:
+        raise PackError(f"weights ship ({', '.join(rel for rel, _ in found)}) but --weights_url is not set: "
+                        "large_files.yml must say where users download them (the release folder that will serve "
+                        "<weights_url>/models/model.pt); pass --weights_url <url>")
     configs = packed_configs(bundle)
     if "inference.json" not in configs:
         raise PackError(f"{src}/configs/inference.json is missing (a zoo bundle needs it)")
@@ -266,11 +303,16 @@ def pack(bundle: str, out: str = "dist", models_dir: str | None = None, weights_
         for extra in os.listdir(os.path.join(src, "configs")):
             if not extra.endswith(".json"):
                 shutil.copy2(os.path.join(src, "configs", extra), os.path.join(dst, "configs", extra))
-        shutil.copy2(os.path.join(src, "LICENSE"), os.path.join(dst, "LICENSE"))
-        shutil.copy2(os.path.join(src, "docs", "README.md"), os.path.join(dst, "docs", "README.md"))
+        with open(os.path.join(dst, "LICENSE"), "w") as f:  # the full licence text, then the bundle's notice
+            f.write(open(os.path.join(REPO, "LICENSE")).read().rstrip() + "\n\n" + "-" * 79 + "\n\n")
+            f.write(open(os.path.join(src, "LICENSE")).read())
+        readme = open(os.path.join(src, "docs", "README.md")).read()
+        title, _, rest = readme.partition("\n")
+        with open(os.path.join(dst, "docs", "README.md"), "w") as f:
+            f.write(f"{title}\n\n{weights_section(records)}{rest.lstrip()}")
         shutil.copytree(os.path.join(REPO, "medmae_ext"), os.path.join(dst, "medmae_ext"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        base_url = (weights_url or f"https://github.com/medmae/medmae/releases/download/{bundle}_v{version}").rstrip("/")
+        base_url = (weights_url or "").rstrip("/")
         shipped = []
         for rel, path in found:
             os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
@@ -302,12 +344,12 @@ def pack(bundle: str, out: str = "dist", models_dir: str | None = None, weights_
 def main(bundle: str = "all", out: str = "dist", models_dir: str | None = None, weights_url: str | None = None,
          data_license: str | None = None, zip: bool = True) -> None:  # noqa: A002
     """``--bundle all`` packs every bundle under bundles/ with its own models/ (``--models_dir`` then does not
-    apply)."""
+    apply; ``--weights_url`` is then a base, each bundle's weights served from ``<weights_url>/<bundle>``)."""
     names = sorted(os.listdir(BUNDLES)) if bundle == "all" else [bundle]
     for name in names:
         if os.path.isfile(os.path.join(BUNDLES, name, "configs", "metadata.json")):
-            pack(name, out, None if bundle == "all" else models_dir, weights_url if bundle != "all" else None,
-                 data_license, zip)
+            url = weights_url if bundle != "all" or not weights_url else f"{weights_url.rstrip('/')}/{name}"
+            pack(name, out, None if bundle == "all" else models_dir, url, data_license, zip)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def _repo_copy(tmp_path):
     shutil.copytree(BUNDLES, repo / "bundles", ignore=shutil.ignore_patterns("data", "models", "eval", "logs", "runs"))
     shutil.copytree(os.path.join(REPO, "scripts"), repo / "scripts")
     shutil.copytree(os.path.join(REPO, "medmae_ext"), repo / "medmae_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(os.path.join(REPO, "LICENSE"), repo / "LICENSE")
     if os.path.isdir(SHARED):
         os.symlink(SHARED, tmp_path / "shared")
     return repo

@@ -151,7 +151,7 @@ def test_2d_chain_reads_the_record_at_every_step(tmp_path):
     lic = tmp_path / "lic.txt"
     lic.write_text("test data, no licence\n")
     _cli(["scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", tmp_path / "dist", "--models_dir",
-          vit / "models", "--data_license", lic])
+          vit / "models", "--data_license", lic, "--weights_url", "https://example.org/w"])
     packed = tmp_path / "dist" / "vit_classification"
     cfg = json.load(open(packed / "configs" / "train.json"))
     assert cfg["model_defaults"]["img_size"] == [28, 28] and cfg["model_defaults"]["class_names"] == ["normal",
@@ -240,7 +240,7 @@ def test_a_killed_fresh_run_is_not_packed(tmp_path, synth2d):
                 pretrained_ckpt="scratch")
     run_bundle("vit_classification", "train.json", bundle_root=str(root), **fast)
     pack = [sys.executable, "scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", str(tmp_path / "d"),
-            "--models_dir", str(root / "models")]
+            "--models_dir", str(root / "models"), "--weights_url", "https://example.org/w"]
     assert subprocess.run(pack, cwd=REPO, capture_output=True, text=True).returncode == 0
 
     wf = ConfigWorkflow(config_file=bundle_configs("vit_classification", "train.json"), bundle_root=str(root),

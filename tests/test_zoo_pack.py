@@ -12,6 +12,7 @@ their sha256, ``docs/data_license.txt``), copy that release alone and run MONAI'
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,10 +59,13 @@ def _run(args, cwd, timeout=600):
     return out
 
 
+WEIGHTS_URL = "https://example.org/medmae/releases"
+
+
 def _pack(bundle, out, models_dir=None):
     args = [os.path.join(REPO, "scripts", "pack_bundle.py"), "--bundle", bundle, "--out", out]
     if models_dir:
-        args += ["--models_dir", models_dir]
+        args += ["--models_dir", models_dir, "--weights_url", WEIGHTS_URL]
     _run(args, REPO)
     return os.path.join(out, bundle)
 
@@ -83,6 +87,7 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
     bare = _alone(_pack(bundle, tmp_path / "dist0"), tmp_path / "alone0")
     assert not os.path.exists(os.path.join(bare, "large_files.yml"))
     assert "without trained weights" in open(os.path.join(bare, "docs", "data_license.txt")).read()
+    assert "This pack ships **no trained weights**" in open(os.path.join(bare, "docs", "README.md")).read()
     for config, extra in spec["train"]:
         files = [os.path.relpath(f, bare) for f in config_files(os.path.join(bare, "configs"), config)]
         out = _run(["-m", "monai.bundle", "run", "training", "--config_file", str(files), *TINY, *extra], bare)
@@ -97,6 +102,17 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
     assert "synthetic data only" in open(os.path.join(release, "docs", "data_license.txt")).read()
     meta = json.load(open(os.path.join(release, "configs", "metadata.json")))
     assert "medmae-ext" not in meta["required_packages_version"]  # shipped inside, not installed
+    # what the weights are, where a zoo reviewer and a user read it: the full licence, the measured metric, the data
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in open(os.path.join(release, "LICENSE")).read()
+    record = json.load(open(os.path.join(release, "models", "metadata.json")))["medmae_run"]
+    if record.get("best_metric"):
+        assert meta["eval_metrics"] == {record["best_metric"]["name"]: round(record["best_metric"]["value"], 4)}
+    readme = open(os.path.join(release, "docs", "README.md")).read()
+    weights = readme[readme.index("## The weights in this pack"):].split("\n## ")[0]
+    assert f"for {record['epochs_run']} epoch(s), {record['iterations_run']} iteration(s)" in weights
+    assert "trained on `synthetic`" in weights and "they are not a model for real images" in weights
+    assert all(u.startswith(WEIGHTS_URL + "/models/") for u in re.findall(r'url: "([^"]+)"', open(
+        os.path.join(release, "large_files.yml")).read()))
 
     # large_files.yml: MONAI's own downloader accepts the shipped file by its sha256 (no network needed) ...
     from monai.bundle import ConfigParser
@@ -169,6 +185,7 @@ def _repo_copy(where) -> str:
     for part in ("medmae_ext", "scripts", "bundles", "docs"):
         shutil.copytree(os.path.join(REPO, part), os.path.join(root, part), ignore=ignore)
     shutil.copy2(os.path.join(REPO, "README.md"), root)
+    shutil.copy2(os.path.join(REPO, "LICENSE"), root)
     return root
 
 
@@ -212,7 +229,11 @@ def test_pack_refuses_weights_of_other_data_without_a_data_license(tmp_path):
     assert not os.path.isdir(dist) or not os.listdir(dist), os.listdir(dist)
     lic = tmp_path / "cxr14_license.txt"
     lic.write_text("ChestX-ray14: NIH Clinical Center, CC0.\n")
-    _run(["scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist", "--data_license", lic], root)
+    r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist",
+                        "--data_license", lic], cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--weights_url is not set" in r.stderr  # no invented download URL
+    _run(["scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist", "--data_license", lic,
+          "--weights_url", WEIGHTS_URL], root)
     assert "ChestX-ray14: NIH" in open(os.path.join(root, "dist", "vit_classification", "docs", "data_license.txt")).read()
     os.remove(os.path.join(models, "metadata.json"))  # weights whose run never finished: refused, named
     r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", "vit_classification", "--out", "dist"],
