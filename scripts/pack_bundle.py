@@ -17,6 +17,8 @@ download``/``load`` -- and means what its weights mean:
 - ``medmae_ext/`` is copied into the bundle root (the repository's ``medmae_ext/`` stays the single source);
 - ``large_files.yml`` records each weight file's sha256 and the URL it will be served from (``--weights_url``,
   required when weights ship: an invented URL would make ``monai.bundle download`` fail for every user);
+- ``docs/README.md`` reads alone: its commands run from inside the bundle (``configs/...``; a config list of a bundle
+  written on another becomes the merged file), another bundle's files are its sibling folder's (``../<bundle>/``);
 - ``LICENSE`` is the full Apache-2.0 text (the repository's ``LICENSE``) followed by the bundle's notice;
 - what the weights are is said where a user of the pack reads it: ``configs/metadata.json`` gets ``eval_metrics``
   (the run's best validation metric) and ``docs/README.md`` opens with a section on the shipped weights -- the data
@@ -35,6 +37,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -214,6 +217,39 @@ def _metadata(meta: dict, record: dict) -> dict:
 DEMO_ITERATIONS = 1000
 
 
+PACKED_NOTE = (
+    "The commands below run from inside this folder. Where they name `scripts/...`, `requirements-*.txt` or\n"
+    "`../shared/data`, they come from the medmae source repository (its tools, environments and test data), which this\n"
+    "pack does not hold; `../<bundle>/` is a sibling bundle unpacked beside this one.\n\n"
+)
+_CONFIG_LIST = re.compile(r"\"\[(?:'bundles/[^']+',?)+\]\"")
+_BUNDLE_PATH = re.compile(r"bundles/(\w+)(/[^\s`'\")\],]*)?")
+
+
+def standalone_readme(text: str, bundle: str) -> str:
+    """The bundle README as it reads inside the pack, whose commands run from the bundle folder: the bundle's own
+    paths lose their ``bundles/<bundle>/`` prefix, a config list of the bundle written on a base bundle (msmae on
+    mae: ``"['bundles/mae_pretrain/configs/train.json','bundles/msmae_pretrain/configs/train.json']"``) becomes the
+    packed, merged file (``configs/train.json``), and another bundle's files are its sibling folder's
+    (``../<bundle>/...``: the layout ``monai.bundle download`` and the model zoo give several bundles)."""
+    from medmae_ext.bundle.workflow import BUNDLE_BASES
+
+    base = BUNDLE_BASES.get(bundle)
+
+    def local(name: str, rest: str) -> str:
+        rest = (rest or "").lstrip("/")
+        if name == bundle or (name == base and rest.startswith("configs/")):
+            return rest or "."
+        return f"../{name}/{rest}".rstrip("/")
+
+    def config_list(m: re.Match) -> str:
+        files = list(dict.fromkeys(local(*_BUNDLE_PATH.fullmatch(f).groups()) for f in re.findall(r"'([^']+)'", m[0])))
+        return files[0] if len(files) == 1 else '"[' + ",".join(f"'{f}'" for f in files) + ']"'
+
+    text = _CONFIG_LIST.sub(config_list, text)
+    return _BUNDLE_PATH.sub(lambda m: local(m[1], m[2]), text)
+
+
 def weights_section(records: dict) -> str:
     """The packed README's opening section: what the shipped weights are, from their run records."""
     lines = ["## The weights in this pack", ""]
@@ -309,7 +345,7 @@ def pack(bundle: str, out: str = "dist", models_dir: str | None = None, weights_
         readme = open(os.path.join(src, "docs", "README.md")).read()
         title, _, rest = readme.partition("\n")
         with open(os.path.join(dst, "docs", "README.md"), "w") as f:
-            f.write(f"{title}\n\n{weights_section(records)}{rest.lstrip()}")
+            f.write(f"{title}\n\n{weights_section(records)}{PACKED_NOTE}{standalone_readme(rest.lstrip(), bundle)}")
         shutil.copytree(os.path.join(REPO, "medmae_ext"), os.path.join(dst, "medmae_ext"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         base_url = (weights_url or "").rstrip("/")

@@ -234,3 +234,41 @@ def test_ci_builds_the_server_environment_as_documented():
     ci = open(os.path.join(REPO, ".ci", "run")).read()
     assert (f'python scripts/readme_commands.py "#### MONAI Label server environment" --readme {README}' in ci
             and "MEDMAE_REQUIRE_MONAILABEL_SERVER=1" in ci)
+
+
+def test_monai_label_refuses_the_2d_bundles_at_start(server_python, tmp_path, tmp_path_factory):
+    """The README's server command with the 2D bundles (a classifier and a pretraining encoder, packed with weights):
+    the server does not come up serving them as segmentation models; the log says what it serves instead."""
+    app = tmp_path / "mlapp"
+    shutil.copytree(os.path.join(ENV, "monailabel", "sample-apps", "monaibundle"), app)
+    for bundle in ("vit_classification", "mae_pretrain"):
+        r = subprocess.run([sys.executable, "scripts/pack_bundle.py", "--bundle", bundle, "--out", str(tmp_path / "d"),
+                            "--models_dir", str(tmp_path / "none"), "--zip", "False"], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        shutil.copytree(tmp_path / "d" / bundle, app / "model" / bundle)
+        os.makedirs(app / "model" / bundle / "models")
+        shutil.copy(initial_weights(tmp_path_factory, bundle, "inference.json"), app / "model" / bundle / "models")
+    (tmp_path / "studies").mkdir()
+    log = str(tmp_path / "server.log")
+    for models in ("vit_classification", "mae_pretrain"):
+        start = (f". {ENV}/bin/activate && monailabel start_server --app {app} --studies {tmp_path / 'studies'} "
+                 f"--conf models {models} --conf zoo_source github --conf sam2 false --host 127.0.0.1 --port 8000")
+        with open(log, "w") as out:
+            proc = subprocess.Popen(["bash", "-c", start], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while "MONAI Label serves medmae's 3D segmentation bundle only" not in open(log).read():
+                assert proc.poll() is None and time.time() < deadline, f"{models}: no refusal:\n{_tail(log)}"
+                time.sleep(1)
+            text = open(log).read()
+            assert f"{models} gives no label map" in text and "--conf models unetr_segmentation" in text, _tail(log)
+            with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+                _get("/info/")  # nothing was started that serves it
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -161,6 +161,20 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
 
     assert os.path.isfile(os.path.join(release, "models", "model.pt")), "the checks left the shipped model in place"
 
+    # 4b. the packed README stands alone: no repository path, and its commands run as written from inside the pack
+    # (all but training, which step 1 ran, and those naming data, code or environments outside the pack: /data/...,
+    # ../shared, the repository's scripts/ and requirements files, another bundle's folder)
+    assert "bundles/" not in readme and "repository README" not in readme
+    commands = _bash_commands(readme)
+    assert any("--config_file configs/" in c or "--config_file \"['configs/" in c for c in commands)
+    outside = r"run training|torchrun|/data/|\.\./|scripts/|atlas_demo|requirements-"
+    runnable = [c for c in commands if not re.search(outside, c)]
+    assert runnable, commands
+    for command in runnable:
+        r = subprocess.run(["bash", "-c", command], cwd=release, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, f"{command}\n{r.stderr[-3000:]}"
+
     # 5. monai.bundle download of the zip (file:// URL) + monai.bundle.load: every tensor of network_def loaded
     zips = glob.glob(os.path.join(tmp_path, "dist", f"{bundle}_v*.zip"))
     assert len(zips) == 1
@@ -170,6 +184,13 @@ def test_packed_bundle_runs_alone_and_passes_the_zoo_checks(bundle, tmp_path):
     assert os.path.isfile(dl / bundle / "configs" / "metadata.json")
     out = _run([CHECKS, dl / bundle, SCHEMA, "import", f"load:{bundle}:{dl}"], tmp_path)
     assert f"OK load:{bundle}:{dl}" in out
+
+
+def _bash_commands(markdown: str) -> list[str]:
+    """Every command of the ```bash blocks of a README (continuation lines joined, comment lines left out)."""
+    blocks = re.findall(r"```bash\n(.*?)```", markdown, re.S)
+    lines = [c for b in blocks for c in b.replace("\\\n", " ").splitlines()]
+    return [c for c in lines if c.strip() and not c.lstrip().startswith("#")]
 
 
 def _repo_copy(where) -> str:

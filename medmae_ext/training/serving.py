@@ -32,6 +32,7 @@ __all__ = [
     "data_supplied",
     "monai_label_data_source",
     "require_validation_items",
+    "not_for_monai_label",
 ]
 
 logger = logging.getLogger(__name__)
@@ -166,3 +167,22 @@ class EndOfRunValidation:
                     "final weights of this run"
                 )
             AtomicSaver(self.save_dir)(unwrap(self.network).state_dict(), self.filename)
+
+
+def not_for_monai_label(use_click, config_chain) -> None:
+    """Refuse to be served by MONAI Label, naming what it can serve instead (the 2D bundles' ``network_def``
+    requires this). MONAI Label's bundle app loads every bundle given to ``--conf models`` as a segmentation model
+    for 3D Slicer: a classifier's or an encoder's output is no label map (its ``/infer`` would fail with HTTP 500, and
+    a pretraining bundle's ``channel_def`` would land in Slicer's label list). Its ``BundleInferTask`` sets the config
+    id ``use_click`` in each bundle config it loads, before it builds ``network_def``; the bundles keep it ``null``,
+    so MONAI's own tools, ``monai.bundle`` and the zoo checks build the network as before."""
+    if use_click is None:
+        return
+    bundle = str(list(config_chain)[-1]).split("/")[0]
+    from ..errors import InputError
+
+    raise InputError(
+        f"MONAI Label serves medmae's 3D segmentation bundle only (unetr_segmentation): {bundle} gives no label map "
+        "for 3D Slicer. Start the server with --conf models unetr_segmentation; use "
+        f"{bundle}'s inference.json with python -m monai.bundle run for its own outputs."
+    )
