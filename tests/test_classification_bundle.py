@@ -61,6 +61,13 @@ def test_evaluate_writes_report(trained, synth2d):
     assert np.asarray(m["confusion_matrix"]).sum() == 9
     assert Image.open(root / "eval" / "test" / "confusion_matrix.png").size[0] > 200
     assert wf.parser.get_parsed_content("evaluator").state.metrics["accuracy"] == m["accuracy"]
+    # each sample with its id, and intervals (the evaluation's defaults)
+    assert m["bootstrap_resamples"] == 1000 and m["ci95"]["accuracy"][0] <= m["accuracy"] <= m["ci95"]["accuracy"][1]
+    rows = list(csv.reader(open(root / "eval" / "test" / "predictions.csv")))
+    assert rows[0] == ["id", "label", "p_normal", "p_nodule", "p_opacity", "predicted"] and len(rows) == 10
+    test_ids = [it["id"] for it in json.load(open(os.path.join(synth2d, "datalist.json")))["test"]]
+    assert sorted(r[0] for r in rows[1:]) == sorted(test_ids)
+    assert sum(r[1] == r[5] for r in rows[1:]) == round(m["accuracy"] * 9)
 
 
 def test_inference_writes_probability_csv(trained, synth2d):
@@ -172,3 +179,62 @@ def test_classification_report_numbers(tmp_path):
     assert m["accuracy"] == 0.75 and m["confusion_matrix"] == [[2, 0], [1, 1]]
     assert m["per_class"]["a"]["f1"] == pytest.approx(0.8) and m["per_class"]["b"]["f1"] == pytest.approx(2 / 3)
     assert m["mean_auc"] == pytest.approx(1.0) and engine.state.metrics["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+def _report_on(tmp_path, preds, labels, ids=None, **kwargs):
+    from types import SimpleNamespace
+
+    from medmae_ext.outputs.reports import ClassificationReport
+
+    rep = ClassificationReport(str(tmp_path), ["normal", "pneumonia"], **kwargs)
+    rep._reset(None)
+    output = [{"pred": torch.tensor(p, dtype=torch.float32), "label": torch.tensor(y)} for p, y in zip(preds, labels)]
+    batch = [{"id": i} for i in ids] if ids else None
+    engine = SimpleNamespace(state=SimpleNamespace(output=output, batch=batch, metrics={}))
+    rep._collect(engine)
+    return rep(engine)
+
+
+def test_evaluation_writes_each_sample_and_95_percent_intervals(tmp_path):
+    """Constructed so the answer is known: 400 samples, 300 right (accuracy 0.75, binomial sd 0.0217); the per-sample
+    file holds each id, its label, its probabilities and its decision; the same file gives the same interval."""
+    rng = np.random.default_rng(1)
+    labels = [[1, 0] if i % 2 else [0, 1] for i in range(400)]
+    right = rng.permutation([True] * 300 + [False] * 100)
+    preds = [[0.8, 0.2] if (y[0] == 1) == r else [0.3, 0.7] for y, r in zip(labels, right)]
+    ids = [f"img_{i:03d}" for i in range(400)]
+    m = _report_on(tmp_path, preds, labels, ids, samples_file="predictions.csv", bootstrap=500)
+    assert m["accuracy"] == pytest.approx(0.75) and m["bootstrap_resamples"] == 500
+    lo, hi = m["ci95"]["accuracy"]
+    assert lo < 0.75 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.75 * 0.25 / 400) ** 0.5, abs=0.012)
+    assert set(m["ci95"]) == {"accuracy", "macro_f1", "mean_auc", "recall_normal", "recall_pneumonia"}
+    assert all(a <= m[k] <= b for k, (a, b) in m["ci95"].items() if k in m)
+    assert m["ci95"] == _report_on(tmp_path / "again", preds, labels, ids, bootstrap=500)["ci95"]
+    rows = open(tmp_path / "predictions.csv").read().splitlines()
+    assert rows[0] == "id,label,p_normal,p_pneumonia,predicted" and len(rows) == 401
+    first = rows[1].split(",")
+    assert first[0] == "img_000" and first[1] == "pneumonia" and first[4] == ("pneumonia" if right[0] else "normal")
+    assert sum(r.split(",")[1] == r.split(",")[4] for r in rows[1:]) == 300
+    # a perfect classifier: every resample scores 1
+    perfect = _report_on(tmp_path / "p", [[0.9, 0.1] if y[0] else [0.1, 0.9] for y in labels], labels, bootstrap=50)
+    assert perfect["ci95"]["accuracy"] == [1.0, 1.0] and perfect["ci95"]["mean_auc"] == [1.0, 1.0]
+    # training-time validation reports stay cheap: no interval, no per-sample file unless asked
+    plain = _report_on(tmp_path / "v", preds, labels)
+    assert "ci95" not in plain and not os.path.exists(tmp_path / "v" / "predictions.csv")
+
+
+def test_calibration_error_and_overcalling_are_reported(tmp_path):
+    labels = [[1, 0] if i < 50 else [0, 1] for i in range(100)]  # 50% normal
+    # calibrated: confidence 0.8 on every sample, 80% of the decisions right -> ECE 0
+    right = [i % 5 != 0 for i in range(100)]
+    calibrated = [[0.8, 0.2] if (y[0] == 1) == r else [0.2, 0.8] for y, r in zip(labels, right)]
+    cal = _report_on(tmp_path / "c", calibrated, labels)["calibration"]
+    assert cal["ece"] == pytest.approx(0.0, abs=1e-6) and cal["bins"] == 10
+    # over-confident: confidence 0.95, 60% right -> ECE 0.35
+    right = [i % 5 not in (0, 1) for i in range(100)]
+    confident = [[0.95, 0.05] if (y[0] == 1) == r else [0.05, 0.95] for y, r in zip(labels, right)]
+    assert _report_on(tmp_path / "o", confident, labels)["calibration"]["ece"] == pytest.approx(0.35, abs=1e-6)
+    # a model that over-calls pneumonia: its mean probability is above the observed 50%
+    overcall = [[0.3, 0.7]] * 100
+    cal = _report_on(tmp_path / "x", overcall, labels)["calibration"]
+    assert cal["mean_probability"]["pneumonia"] == pytest.approx(0.7) and cal["observed_frequency"]["pneumonia"] == 0.5

@@ -20,7 +20,15 @@ class ClassificationReport:
 
     * ``metrics.json`` -- accuracy, macro F1, per-class and mean ROC AUC (multi-label: per-class AUC and F1 at 0.5);
     * ``per_class.csv`` -- per-class AUC, F1, support;
-    * ``confusion_matrix.png`` and ``confusion_matrix.csv`` (multi-class only; rows = truth, columns = prediction).
+    * ``confusion_matrix.png`` and ``confusion_matrix.csv`` (multi-class only; rows = truth, columns = prediction);
+    * with ``samples_file`` (evaluations): one row per sample -- ``id``, the true class(es), each class's probability,
+      the predicted class(es) -- so that another operating point or a paired comparison needs no new inference;
+    * with ``bootstrap`` N > 0 (evaluations): ``ci95``, the 95% percentile interval of accuracy, macro F1, mean AUC
+      and each class's recall over N resamples of the samples with replacement (seeded: the same file gives the
+      same interval); a resample missing a class leaves that AUC / recall out of its draw;
+    * single-label: ``calibration`` -- the expected calibration error (``ece``: 10 equal-width bins of the top
+      probability, the sample-weighted gap between mean confidence and accuracy per bin) and the mean probability of
+      each class against its observed frequency, which shows a model that over-calls a class.
 
     The numbers (accuracy, macro F1, mean AUC, ``recall_<class>``) are put in ``engine.state.metrics`` at the end of
     the epoch, so that a ``StatsHandler`` / ``TensorBoardStatsHandler`` listed *after* this handler logs them at every
@@ -50,8 +58,12 @@ class ClassificationReport:
         split: str | None = None,
         data_source: str | None = None,
         model_file: str | None = None,
+        samples_file: str | None = None,
+        bootstrap: int = 0,
     ) -> None:
         self.output_dir = output_dir
+        self.samples_file = samples_file
+        self.bootstrap = int(bootstrap)
         self.split = split
         self.data_source = data_source
         self.model_file = model_file
@@ -69,53 +81,119 @@ class ClassificationReport:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _reset(self, engine: Engine) -> None:
-        self._pred, self._label = [], []
+        self._pred, self._label, self._ids = [], [], []
 
     def _collect(self, engine: Engine) -> None:
-        for item in engine.state.output:
+        batch = getattr(engine.state, "batch", None)
+        batch = batch if isinstance(batch, list) and len(batch) == len(engine.state.output) else None
+        for i, item in enumerate(engine.state.output):
             self._pred.append(torch.as_tensor(item["pred"]).detach().float().cpu().reshape(-1))
             self._label.append(torch.as_tensor(item["label"]).detach().float().cpu().reshape(-1))
+            source = batch[i] if batch is not None and isinstance(batch[i], dict) else item
+            meta = getattr(source.get("image"), "meta", None) or {}
+            self._ids.append(str(source.get("id", meta.get("filename_or_obj", len(self._ids)))))
 
-    def compute(self) -> dict:
+    def _hard(self, prob: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return (prob >= self.threshold).float()
+        return torch.nn.functional.one_hot(prob.argmax(1), prob.shape[1]).float()
+
+    def _scores(self, prob: torch.Tensor, y: torch.Tensor) -> tuple[dict, list, list, list]:
+        """accuracy / macro F1 / mean AUC, and per class: AUC, F1, recall (nan where a class has no positive)."""
         from monai.metrics import compute_roc_auc
 
+        c = prob.shape[1]
+        auc = []
+        for k in range(c):
+            has_both = 0 < y[:, k].sum() < len(y)
+            auc.append(float(compute_roc_auc(prob[:, k], y[:, k])) if has_both else float("nan"))
+        hard = self._hard(prob)
+        tp = (hard * y).sum(0)
+        f1 = (2 * tp / (hard.sum(0) + y.sum(0)).clamp_min(1e-8)).tolist()
+        recall = [float(t / s) if s > 0 else float("nan") for t, s in zip(tp.tolist(), y.sum(0).tolist(), strict=False)]
+        valid_auc = [a for a in auc if a == a]
+        overall = {
+            "accuracy": float((hard == y).all(1).float().mean()),
+            "macro_f1": float(np.mean(f1)),
+            "mean_auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
+        }
+        return overall, auc, f1, recall
+
+    def _ci95(self, prob: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict:
+        rng = np.random.default_rng(0)
+        draws: dict[str, list[float]] = {}
+        for _ in range(self.bootstrap):
+            idx = torch.as_tensor(rng.integers(0, len(y), len(y)))
+            overall, _, _, recall = self._scores(prob[idx], y[idx])
+            for k, v in [*overall.items(), *((f"recall_{n}", r) for n, r in zip(names, recall, strict=False))]:
+                if v == v:
+                    draws.setdefault(k, []).append(v)
+        return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
+
+    @staticmethod
+    def calibration(prob: torch.Tensor, y: torch.Tensor, names: list[str], bins: int = 10) -> dict:
+        """Expected calibration error of the top probability (``bins`` equal-width bins) and, per class, the mean
+        predicted probability against the observed frequency."""
+        conf, pred = prob.max(1)
+        correct = (pred == y.argmax(1)).float()
+        edges = torch.linspace(0, 1, bins + 1)
+        which = torch.bucketize(conf, edges[1:-1], right=True)
+        ece = 0.0
+        for b in range(bins):
+            sel = which == b
+            if sel.any():
+                ece += float(sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs())
+        return {
+            "ece": ece,
+            "bins": bins,
+            "mean_probability": {n: float(prob[:, k].mean()) for k, n in enumerate(names)},
+            "observed_frequency": {n: float(y[:, k].mean()) for k, n in enumerate(names)},
+        }
+
+    def _write_samples(self, prob: torch.Tensor, y: torch.Tensor, names: list[str]) -> None:
+        import csv
+
+        def classes(row):
+            return ";".join(n for n, v in zip(names, row.tolist(), strict=False) if v > 0.5)
+
+        hard = self._hard(prob)
+        path = os.path.join(self.output_dir, self.samples_file)
+        with open(path + ".tmp", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "label", *[f"p_{n}" for n in names], "predicted"])
+            for i, p, t, h in zip(self._ids, prob, y, hard, strict=False):
+                w.writerow([i, classes(t), *[f"{v:.6f}" for v in p.tolist()], classes(h)])
+        os.replace(path + ".tmp", path)
+
+    def compute(self) -> dict:
         prob, y = torch.stack(self._pred), torch.stack(self._label)
         c = prob.shape[1]
         names = self.class_names or [str(i) for i in range(c)]
         if len(names) != c:
             raise ValueError(f"{len(names)} class names given for {c} network outputs")
-        auc = []
-        for k in range(c):
-            has_both = 0 < y[:, k].sum() < len(y)
-            auc.append(float(compute_roc_auc(prob[:, k], y[:, k])) if has_both else float("nan"))
-        if self.multi_label:
-            hard = (prob >= self.threshold).float()
-        else:
-            hard = torch.nn.functional.one_hot(prob.argmax(1), c).float()
-        tp = (hard * y).sum(0)
-        f1 = (2 * tp / (hard.sum(0) + y.sum(0)).clamp_min(1e-8)).tolist()
-        recall = [float(t / s) if s > 0 else float("nan") for t, s in zip(tp.tolist(), y.sum(0).tolist(), strict=False)]
+        overall, auc, f1, recall = self._scores(prob, y)
         support = y.sum(0).tolist()
-        valid_auc = [a for a in auc if a == a]
         metrics = {
             "split": self.split,
             "data_source": self.data_source,
             "model_file": self.model_file,
             "num_samples": len(y),
-            "accuracy": float((hard == y).all(1).float().mean()),
-            "macro_f1": float(np.mean(f1)),
-            "mean_auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
+            **overall,
             "per_class": {
                 n: {"auc": a, "f1": f, "recall": r, "support": int(s)}
                 for n, a, f, r, s in zip(names, auc, f1, recall, support, strict=False)
             },
         }
+        if self.bootstrap > 0:
+            metrics["ci95"] = self._ci95(prob, y, names)
+            metrics["bootstrap_resamples"] = self.bootstrap
         if not self.multi_label:
             cm = np.zeros((c, c), np.int64)
             np.add.at(cm, (y.argmax(1).numpy(), prob.argmax(1).numpy()), 1)
             metrics["confusion_matrix"] = cm.tolist()
             predicted = sorted({names[i] for i in prob.argmax(1).tolist()})
             metrics["predicted_classes"] = predicted
+            metrics["calibration"] = self.calibration(prob, y, names)
         return metrics
 
     def __call__(self, engine: Engine) -> dict:
@@ -126,6 +204,8 @@ class ClassificationReport:
         os.makedirs(self.output_dir, exist_ok=True)
         with open(os.path.join(self.output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
+        if self.samples_file:
+            self._write_samples(torch.stack(self._pred), torch.stack(self._label), list(metrics["per_class"]))
         with open(os.path.join(self.output_dir, "per_class.csv"), "w") as f:
             f.write("class,auc,f1,recall,support\n")
             for n, v in metrics["per_class"].items():
@@ -162,10 +242,16 @@ class ClassificationReport:
                 f"the model predicts {metrics['predicted_classes'][0]!r} for all {metrics['num_samples']} samples "
                 f"(per-class recall {recalls}): its AUC may look fine, its decisions are useless."
             )
+        ci = metrics.get("ci95", {})
+
+        def num(key):
+            return f"{metrics[key]:.4f}" + (f" [{ci[key][0]:.4f}, {ci[key][1]:.4f}]" if key in ci else "")
+
         logger.info(
-            f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-            f"mean AUC {metrics['mean_auc']:.4f}, recall {recalls} on {metrics['num_samples']} samples "
-            f"-> {self.output_dir}"
+            f"accuracy {num('accuracy')}, macro F1 {num('macro_f1')}, mean AUC {num('mean_auc')}, recall {recalls} "
+            f"on {metrics['num_samples']} samples"
+            + (" (95% bootstrap intervals)" if ci else "")
+            + f" -> {self.output_dir}"
         )
         return metrics
 
