@@ -238,3 +238,24 @@ def test_calibration_error_and_overcalling_are_reported(tmp_path):
     overcall = [[0.3, 0.7]] * 100
     cal = _report_on(tmp_path / "x", overcall, labels)["calibration"]
     assert cal["mean_probability"]["pneumonia"] == pytest.approx(0.7) and cal["observed_frequency"]["pneumonia"] == 0.5
+
+
+def test_msmae_finetune_warns_when_few_tokens_are_kept(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from medmae_ext.bundle.checks import MIN_KEPT_TOKENS, warn_few_kept_tokens
+
+    with captured_warnings("medmae_ext.bundle.checks") as said:
+        assert warn_few_kept_tokens(True, [28, 28], [4, 4], 0.45, 0.3) == 12  # 49 patches, 25% kept
+        assert warn_few_kept_tokens(True, [224, 224], [16, 16], 0.45, 0.3) == MIN_KEPT_TOKENS  # the paper's setting
+        assert warn_few_kept_tokens(False, [28, 28], [4, 4], 0.45, 0.3) == 49  # every token: nothing to say
+    assert len(said) == 1 and "keeps 12 of 49 tokens" in said[0] and "--msmae_finetune False" in said[0]
+    # the bundle's checks run it with the run's own sizes and ratios
+    p = ConfigParser()
+    p.read_config(bundle_config(B, "train.json"))
+    p.update({"bundle_root": str(tmp_path), "pretrained_ckpt": "scratch", "img_size": [28, 28],
+              "patch_size": [4, 4], "msmae_finetune": True})
+    i = next(i for i, c in enumerate(p["checks"]) if "warn_few_kept_tokens" in c)
+    with captured_warnings("medmae_ext.bundle.checks") as said:
+        assert p.get_parsed_content(f"checks#{i}") == 12
+    assert said and "keeps 12 of 49 tokens" in said[0]
