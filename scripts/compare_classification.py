@@ -52,9 +52,41 @@ def run(bundle: str, config: str, run_id: str, **override) -> float:
     return time.time() - t0
 
 
-def _cell(vals: list[float]) -> str:
+def _ci95(vals: list[float]) -> tuple[float, float] | None:
+    """The 95% t-interval of the mean over seeds (None for one seed)."""
+    if len(vals) < 2:
+        return None
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / len(vals) ** 0.5
+    return statistics.mean(vals) - half, statistics.mean(vals) + half
+
+
+def _cell(vals: list[float], ci: bool = False) -> str:
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.mean(vals):.3f} ± {sd:.3f} [{' / '.join(f'{v:.3f}' for v in vals)}]"
+    interval = _ci95(vals) if ci else None
+    inside = f" (95% CI {interval[0]:.3f}..{interval[1]:.3f})" if interval else ""
+    return f"{statistics.mean(vals):.3f} ± {sd:.3f}{inside} [{' / '.join(f'{v:.3f}' for v in vals)}]"
+
+
+def paired(results: dict, metric: str, base: str = "scratch") -> list[str]:
+    """Rows of "arm minus ``base``" per seed (the same seed: the same selection cut and fine-tuning order), with the
+    mean and its 95% t-interval over seeds: a gain whose interval holds 0 is not shown by these seeds."""
+    if base not in results:
+        return []
+    by_seed = {r["seed"]: r[metric] for r in results[base] if "seed" in r}
+    rows = []
+    for key, runs in results.items():
+        if key == base:
+            continue
+        diffs = [r[metric] - by_seed[r["seed"]] for r in runs if r.get("seed") in by_seed]
+        if not diffs:
+            continue
+        interval = _ci95(diffs)
+        inside = f"{interval[0]:+.3f}..{interval[1]:+.3f}" if interval else "one seed"
+        rows.append(f"| {ARMS[key][0]} - {ARMS[base][0]} | {statistics.mean(diffs):+.3f} | {inside} | "
+                    + " / ".join(f"{d:+.3f}" for d in diffs) + " |")
+    return rows
 
 
 def table(results: dict, setup: dict) -> str:
@@ -65,7 +97,7 @@ def table(results: dict, setup: dict) -> str:
         f"{setup['selection']}); pretraining {setup['pretrain_epochs']} epochs, fine-tuning {setup['epochs']} epochs, "
         f"batch {setup['batch_size']}, class_weighting `{setup['class_weighting']}`, balanced_sampling "
         f"`{setup['balanced_sampling']}`; encoders pretrained in `{setup['pretrained_in']}`; seeds {setup['seeds']}: "
-        "mean ± sd [per seed].",
+        "mean ± sd (AUC and accuracy: 95% t-interval of the mean over seeds) [per seed].",
         "",
         "| arm | initialisation | AUC | accuracy | macro F1 | " + " | ".join(f"recall {n}" for n in names)
         + " | best epoch | fine-tune time |",
@@ -75,10 +107,16 @@ def table(results: dict, setup: dict) -> str:
         label, init = ARMS[key]
         recalls = [_cell([r["per_class"][n]["recall"] for r in runs]) for n in names]
         lines.append(
-            f"| {label} | {init} | {_cell([r['mean_auc'] for r in runs])} | {_cell([r['accuracy'] for r in runs])} | "
+            f"| {label} | {init} | {_cell([r['mean_auc'] for r in runs], True)} | "
+            f"{_cell([r['accuracy'] for r in runs], True)} | "
             f"{_cell([r['macro_f1'] for r in runs])} | " + " | ".join(recalls)
             + f" | {' / '.join(str(r['best_epoch']) for r in runs)} | {statistics.mean(r['time'] for r in runs):.0f} s |"
         )
+    for metric, name in (("mean_auc", "AUC"), ("accuracy", "accuracy")):
+        rows = paired(results, metric)
+        if rows:
+            lines += ["", f"Paired by seed, {name}: arm minus scratch", "",
+                      "| arms | mean difference | 95% CI over seeds | per seed |", "| --- | --- | --- | --- |", *rows]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +235,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
             m = json.load(open(os.path.join(arm_root, "eval", eval_split, "metrics.json")))
             chosen_on = "selection" if select_frac else "validation"
             history = read_history(os.path.join(arm_root, "eval", chosen_on, "history.csv"))
-            m.update(time=t, history=history, best_epoch=max(history, key=lambda h: h["mean_auc"])["epoch"])
+            m.update(seed=seed, time=t, history=history, best_epoch=max(history, key=lambda h: h["mean_auc"])["epoch"])
             json.dump(m, open(os.path.join(arm_root, "compare_result.json"), "w"), indent=1)
             results.setdefault(key, []).append(m)
             print(f"seed {seed}: {ARMS[key][0]}: AUC {m['mean_auc']:.3f} acc {m['accuracy']:.3f} F1 "
@@ -208,7 +246,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
                 path = os.path.join(work_dir, f"seed{seed}", key, "compare_result.json")
                 if not os.path.isfile(path):
                     raise SystemExit(f"--report_only: {path} is missing (run that seed first)")
-                results.setdefault(key, []).append(json.load(open(path)))
+                results.setdefault(key, []).append({"seed": seed, **json.load(open(path))})
     setup = {"eval_split": eval_split, "pretrain_epochs": pretrain_epochs, "epochs": epochs, "batch_size": batch_size,
              "class_weighting": class_weighting, "balanced_sampling": balanced_sampling, "seeds": seeds,
              "pretrained_in": os.path.abspath(pretrain_dir or work_dir), "select_frac": select_frac,

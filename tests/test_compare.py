@@ -29,7 +29,8 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     md = open(work / "results.md").read()
     assert "checkpoint chosen on a 0.1 label-stratified cut of the training split" in md
-    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    main_table = md.split("\n\nPaired by seed")[0]
+    rows = [ln for ln in main_table.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
     assert [r.split("|")[1].strip() for r in rows] == [
         "scratch (no layer decay)", "MAE", "MSMAE", "MSMAE + masked fine-tune"]
     res = json.load(open(work / "results.json"))
@@ -66,3 +67,17 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
         (a, w) for a in ("seed0/msmae_masked", "seed0/msmae") for w in ("all tokens", "attention drop", "random drop")]
     assert [int(x[2]) for x in rows if "border" not in x[1]] == [49, 12, 12] * 2  # 28 px, patch 4: 25% of 49 kept
 
+
+
+def test_comparison_reports_intervals_over_seeds_and_paired_differences():
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from compare_classification import _ci95, paired
+
+    lo, hi = _ci95([0.1, 0.2, 0.3])  # mean 0.2, sd 0.1, t(0.975, 2) = 4.303
+    assert (lo, hi) == pytest.approx((0.2 - 0.24843, 0.2 + 0.24843), abs=1e-4) and _ci95([0.5]) is None
+    results = {"scratch": [{"seed": s, "mean_auc": v} for s, v in ((0, 0.80), (1, 0.90), (2, 0.85))],
+               "mae": [{"seed": s, "mean_auc": v} for s, v in ((2, 0.95), (0, 0.90), (1, 1.00))]}
+    (row,) = paired(results, "mean_auc")
+    # paired by seed, not by position: +0.10 on every seed, so the interval has no width
+    assert row.startswith("| MAE - scratch (no layer decay) | +0.100 | +0.100..+0.100 |")
+    assert row.endswith("+0.100 / +0.100 / +0.100 |")
