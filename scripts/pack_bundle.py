@@ -220,7 +220,10 @@ DEMO_ITERATIONS = 1000
 PACKED_NOTE = (
     "The commands below run from inside this folder. Where they name `scripts/...`, `requirements-*.txt` or\n"
     "`../shared/data`, they come from the medmae source repository (its tools, environments and test data), which this\n"
-    "pack does not hold; `../<bundle>/` is a sibling bundle unpacked beside this one.\n\n"
+    "pack does not hold; `../<bundle>/` is a sibling bundle unpacked beside this one. From another directory (a\n"
+    "`--config_file <this folder>/configs/...`, or `monai.bundle.load(name=..., bundle_dir=...)` in your own code), put\n"
+    "this folder on `PYTHONPATH` first (`PYTHONPATH=<this folder> python ...`): its code, `medmae_ext/`, ships here, and\n"
+    "MONAI adds a bundle's folder to the import path only once a workflow runs, after it has read the configs.\n\n"
 )
 _CONFIG_LIST = re.compile(r"\"\[(?:'bundles/[^']+',?)+\]\"")
 _BUNDLE_PATH = re.compile(r"bundles/(\w+)(/[^\s`'\")\],]*)?")
@@ -335,6 +338,9 @@ def pack(bundle: str, out: str = "dist", models_dir: str | None = None, weights_
         os.makedirs(os.path.join(dst, "configs"))
         os.makedirs(os.path.join(dst, "docs"))
         for name, cfg in configs.items():
+            root = cfg.get("bundle_root")
+            if isinstance(root, str) and root.startswith("$medmae_ext.bundle_root("):  # never the checkout's bundle
+                cfg["bundle_root"] = root.replace("medmae_ext.bundle_root(", "medmae_ext.bundle.paths.packed_bundle_root(")
             _write_json(os.path.join(dst, "configs", name), cfg)
         for extra in os.listdir(os.path.join(src, "configs")):
             if not extra.endswith(".json"):

@@ -281,3 +281,42 @@ def test_pretraining_inference_commands_as_written(bundle, tmp_path):
         assert len(glob.glob(os.path.join(out, f"*_recon.{ext}"))) == len(inputs)
         if bundle == "msmae_pretrain" and ext == "nii.gz":
             assert len(glob.glob(os.path.join(out, "*_attention.nii.gz"))) == len(inputs)
+
+
+def test_packed_bundle_loads_from_another_directory_as_its_readme_says(tmp_path, tmp_path_factory):
+    """Without the zoo checks' sys.path insertion: from another directory MONAI does not import the shipped
+    medmae_ext (it adds a bundle to sys.path only when a workflow runs, after the configs are parsed). Where medmae
+    is installed (as here), the installed one would then run the checkout's bundle -- its weights -- under the packed
+    bundle's name: the packed configs stop instead, naming the remedy. With the bundle folder on PYTHONPATH, as the
+    packed README says, monai.bundle.load and monai.bundle run use the pack's own code, weights and folders."""
+    from conftest import initial_weights
+
+    bundle = "vit_classification"
+    _run([os.path.join(REPO, "scripts", "pack_bundle.py"), "--bundle", bundle, "--out", tmp_path / "dist",
+          "--models_dir", tmp_path / "none", "--zip", "False"], REPO)
+    packed = os.path.join(tmp_path, "dist", bundle)
+    os.makedirs(os.path.join(packed, "models"), exist_ok=True)
+    shutil.copy(initial_weights(tmp_path_factory, bundle, "inference.json"), os.path.join(packed, "models"))
+    assert "`PYTHONPATH=<this folder> python ...`" in open(os.path.join(packed, "docs", "README.md")).read()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    load = ("import monai.bundle; net = monai.bundle.load(name='vit_classification', bundle_dir=%r, "
+            "workflow_type='inference', device='cpu'); print(type(net).__name__)") % str(tmp_path / "dist")
+    env = {k: v for k, v in _env().items() if k != "PYTHONPATH"}
+    bare = subprocess.run([sys.executable, "-c", load], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert bare.returncode != 0 and "these are the configs of a packed vit_classification bundle" in bare.stderr
+    assert "PYTHONPATH=<bundle folder>" in bare.stderr
+    cli = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                          os.path.join(packed, "configs", "inference.json")], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 1 and "PYTHONPATH=<bundle folder>" in cli.stderr and "Traceback" not in cli.stderr
+    env["PYTHONPATH"] = packed
+    ok = subprocess.run([sys.executable, "-c", load], cwd=elsewhere, env=env, capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0 and ok.stdout.strip().endswith("ViTClassifier"), ok.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                          os.path.join(packed, "configs", "inference.json")], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert glob.glob(os.path.join(packed, "eval", "predictions.csv")), "outputs go to the bundle, not to the cwd"
