@@ -176,8 +176,10 @@ def _tensorboard_folder(path: str) -> bool:
     return os.path.isdir(path) and any(n.startswith("events.out.tfevents.") for n in os.listdir(path))
 
 
-def _earlier_outputs(ckpt_dir: str, extra_files, outputs) -> list[tuple[str, str]]:
-    """``(source, name in the archive)`` of everything an earlier run of ``ckpt_dir`` left."""
+def _earlier_outputs(ckpt_dir: str, extra_files, outputs, keep=()) -> list[tuple[str, str]]:
+    """``(source, name in the archive)`` of everything an earlier run of ``ckpt_dir`` left (``keep``: this run's
+    own files already there, e.g. MONAI's executed config under ``--tracking``)."""
+    kept = {os.path.abspath(k) for k in keep or () if isinstance(k, str)}
     found = [(p, os.path.basename(p)) for _, p in list_checkpoints(ckpt_dir)]
     found += [(os.path.join(ckpt_dir, f), f) for f in extra_files if os.path.isfile(os.path.join(ckpt_dir, f))]
     for folder in outputs or ():
@@ -190,20 +192,20 @@ def _earlier_outputs(ckpt_dir: str, extra_files, outputs) -> list[tuple[str, str
         for name in sorted(os.listdir(folder)):
             p = os.path.join(folder, name)
             # a sub-folder with TensorBoard files of its own is another config's log folder (logs/3d), not ours
-            if os.path.islink(p) or _tensorboard_folder(p) or os.path.abspath(p) == os.path.abspath(ckpt_dir):
+            if os.path.islink(p) or _tensorboard_folder(p) or os.path.abspath(p) in kept | {os.path.abspath(ckpt_dir)}:
                 continue
             found.append((p, os.path.join(os.path.basename(folder), name)))
     return found
 
 
-def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS, outputs=()) -> str | None:
+def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS, outputs=(), keep=()) -> str | None:
     """Archive an earlier run whole: every ``checkpoint_*.pt`` and ``extra_files`` of ``ckpt_dir`` and the entries
     of each folder in ``outputs`` (its TensorBoard files, pictures, reports) move into ``ckpt_dir/previous/<time>/``
     (those of an output folder ``.../eval`` into ``previous/<time>/eval/``). Returns that folder, or None when there
     was nothing to move. Only the first process of a distributed run moves."""
     import ignite.distributed as idist
 
-    files = _earlier_outputs(ckpt_dir, extra_files, outputs)
+    files = _earlier_outputs(ckpt_dir, extra_files, outputs, keep)
     if not files or idist.get_rank() != 0:
         return None
     dest = os.path.join(ckpt_dir, "previous", time.strftime("%Y%m%d-%H%M%S"))
@@ -222,30 +224,31 @@ def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS, outputs=(
 
 
 def resume_checkpoint(
-    ckpt_dir: str, identity: RunIdentity, resume: bool = True, extra_files=PREVIOUS_OUTPUTS, outputs=()
+    ckpt_dir: str, identity: RunIdentity, resume: bool = True, extra_files=PREVIOUS_OUTPUTS, outputs=(), keep=()
 ) -> str | None:
     """The checkpoint to resume from, or None to start fresh; see the module docstring for the rules. ``outputs``:
     the run's output folders (config id ``run_outputs``: logs, pictures, reports), archived with the weights when
-    the run starts fresh.
+    the run starts fresh; ``keep``: files in them that this run wrote already (config id ``save_execute_config``:
+    MONAI's executed config under ``--tracking``; ``true`` otherwise, which names no file).
 
     Raises :class:`RunMismatchError` naming both runs when ``ckpt_dir`` holds another run or a finished one.
     """
     import ignite.distributed as idist
 
     if idist.get_rank() != 0:
-        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs)
+        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs, keep)
     acquire_run_lock(ckpt_dir)
     try:
         clean_stale_temp_files(ckpt_dir)
-        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs)
+        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs, keep)
     except BaseException:
         release_run_lock(ckpt_dir)  # refused: this run never started
         raise
 
 
-def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra_files, outputs) -> str | None:
+def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra_files, outputs, keep=()) -> str | None:
     if not resume:
-        move_previous_outputs(ckpt_dir, extra_files, outputs)
+        move_previous_outputs(ckpt_dir, extra_files, outputs, keep)
         return None
     unreadable: dict[str, str] = {}
     for epoch, path in reversed(list_checkpoints(ckpt_dir)):
@@ -289,5 +292,5 @@ def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra
             f"({torch.__version__}). Nothing was changed. Resume with the torch that wrote them, or start fresh with "
             f"--resume False (they are moved to {os.path.join(ckpt_dir, 'previous')}/)."
         )
-    move_previous_outputs(ckpt_dir, extra_files, outputs)  # a model.pt / run record with no checkpoint behind it
+    move_previous_outputs(ckpt_dir, extra_files, outputs, keep)  # a model.pt / run record with no checkpoint behind it
     return None
