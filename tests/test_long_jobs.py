@@ -525,3 +525,43 @@ def test_the_stop_and_progress_handlers_never_swallow_an_exception():
         with pytest.raises(RuntimeError, match="boom at iteration 3"):
             engine.run(range(5), max_epochs=2)
     assert signal.getsignal(signal.SIGINT) is before  # restored after the failure
+
+
+def test_a_checkpoint_loaded_at_start_is_logged_as_the_initialisation(tmp_path):
+    """MONAI Label's pretrained: true adds a plain CheckpointLoader to train#handlers: the log says the run starts
+    from it (not from the random / encoder initialisation logged while the network was built); a resume loader is
+    not reported twice."""
+    import torch
+    from monai.handlers import CheckpointLoader
+
+    from conftest import captured_warnings
+    from medmae_ext.training.checkpoints import ResumeCheckpointLoader, log_loaded_checkpoints
+
+    net = torch.nn.Linear(2, 2)
+    served = str(tmp_path / "models" / "model.pt")
+    handlers = [CheckpointLoader(load_path=served, load_dict={"model": net}),
+                ResumeCheckpointLoader(load_path=str(tmp_path / "checkpoint_1.pt"), load_dict={"network": net})]
+    with captured_warnings("medmae_ext.training.checkpoints") as said:
+        assert log_loaded_checkpoints(handlers) == handlers
+    assert len(said) == 1 and f"training starts from {served} (model)" in said[0]
+    with captured_warnings("medmae_ext.training.checkpoints") as said:
+        log_loaded_checkpoints(handlers[1:])
+    assert not said
+
+
+def test_a_fresh_session_discards_earlier_resume_state_but_archives_outputs(tmp_path):
+    from medmae_ext.training.resume import move_previous_outputs
+
+    ckpts, logs = tmp_path / "monailabel", tmp_path / "logs"
+    ckpts.mkdir()
+    logs.mkdir()
+    for name in ("checkpoint_1.pt", "checkpoint_2.pt"):
+        (ckpts / name).write_bytes(b"resume state")
+    (logs / "report.txt").write_text("earlier session")
+    dest = move_previous_outputs(str(ckpts), outputs=[str(logs)], discard_checkpoints=True)
+    assert not list(ckpts.glob("checkpoint_*.pt")) and not list(ckpts.rglob("*.pt"))
+    assert dest and open(os.path.join(dest, "logs", "report.txt")).read() == "earlier session"
+    # without the option (a user's run) they are archived whole
+    (ckpts / "checkpoint_3.pt").write_bytes(b"resume state")
+    dest = move_previous_outputs(str(ckpts))
+    assert os.path.isfile(os.path.join(dest, "checkpoint_3.pt"))

@@ -193,6 +193,8 @@ def test_monai_label_server_over_http(server_python, synth3d, tmp_path, tmp_path
         _train(max_epochs=3, val_split=0.5, multi_gpu=False, device="cpu", pretrained_ckpt=encoder)
         said = open(log).read()[mark:]
         assert "served model" in said and "it is replaced only by a better model" in said, said[-3000:]
+        # what the session really starts from: MONAI Label's CheckpointLoader of the served model.pt, over the encoder
+        assert f"training starts from {os.path.join(models, 'model.pt')}" in said, said[-3000:]
         assert "new best val_mean_dice" in said, said[-3000:]
         served1 = open(os.path.join(models, "model.pt"), "rb").read()
         assert served1 != served0, "the trained model.pt did not change"
@@ -224,6 +226,16 @@ def test_monai_label_server_over_http(server_python, synth3d, tmp_path, tmp_path
             _train(max_epochs=1, val_split=0.0, multi_gpu=False, device="cpu")
         _wait_for(log, "validate#dataset#data is empty")
         assert open(os.path.join(models, "model.pt"), "rb").read() == served1
+
+        # another session: the earlier session's resume checkpoints (51 MB each) are removed, not piled up
+        def resume_state():
+            return sorted(glob.glob(os.path.join(models, "monailabel", "**", "checkpoint_*.pt"), recursive=True))
+
+        before = resume_state()
+        _train(max_epochs=1, val_split=0.5, multi_gpu=False, device="cpu")
+        after = resume_state()
+        assert after and len(after) <= len(before), (before, after)
+        assert not glob.glob(os.path.join(models, "monailabel", "previous", "**", "*.pt"), recursive=True)
 
 
 def test_ci_builds_the_server_environment_as_documented():

@@ -198,7 +198,9 @@ def _earlier_outputs(ckpt_dir: str, extra_files, outputs, keep=()) -> list[tuple
     return found
 
 
-def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS, outputs=(), keep=()) -> str | None:
+def move_previous_outputs(
+    ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS, outputs=(), keep=(), discard_checkpoints: bool = False
+) -> str | None:
     """Archive an earlier run whole: every ``checkpoint_*.pt`` and ``extra_files`` of ``ckpt_dir`` and the entries
     of each folder in ``outputs`` (its TensorBoard files, pictures, reports) move into ``ckpt_dir/previous/<time>/``
     (those of an output folder ``.../eval`` into ``previous/<time>/eval/``). Returns that folder, or None when there
@@ -208,6 +210,18 @@ def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS, outputs=(
     files = _earlier_outputs(ckpt_dir, extra_files, outputs, keep)
     if not files or idist.get_rank() != 0:
         return None
+    if discard_checkpoints:  # resume state of a run that is never resumed (a MONAI Label session)
+        resume_state = {p for _, p in list_checkpoints(ckpt_dir)}
+        for p in sorted(resume_state):
+            os.remove(p)
+        if resume_state:
+            logger.info(
+                f"removed the {len(resume_state)} resume checkpoint(s) of the previous session in {ckpt_dir}: a "
+                "session never resumes (the served model.pt carries its result)"
+            )
+        files = [(src, name) for src, name in files if src not in resume_state]
+        if not files:
+            return None
     dest = os.path.join(ckpt_dir, "previous", time.strftime("%Y%m%d-%H%M%S"))
     n = 0
     while os.path.exists(dest if not n else f"{dest}-{n}"):
@@ -224,31 +238,41 @@ def move_previous_outputs(ckpt_dir: str, extra_files=PREVIOUS_OUTPUTS, outputs=(
 
 
 def resume_checkpoint(
-    ckpt_dir: str, identity: RunIdentity, resume: bool = True, extra_files=PREVIOUS_OUTPUTS, outputs=(), keep=()
+    ckpt_dir: str,
+    identity: RunIdentity,
+    resume: bool = True,
+    extra_files=PREVIOUS_OUTPUTS,
+    outputs=(),
+    keep=(),
+    discard_checkpoints: bool = False,
 ) -> str | None:
     """The checkpoint to resume from, or None to start fresh; see the module docstring for the rules. ``outputs``:
     the run's output folders (config id ``run_outputs``: logs, pictures, reports), archived with the weights when
     the run starts fresh; ``keep``: files in them that this run wrote already (config id ``save_execute_config``:
-    MONAI's executed config under ``--tracking``; ``true`` otherwise, which names no file).
+    MONAI's executed config under ``--tracking``; ``true`` otherwise, which names no file); ``discard_checkpoints``:
+    a fresh start deletes the earlier resume checkpoints instead of archiving them (MONAI Label sessions: each
+    ``/train`` starts fresh, so they would only pile up, 51 MB each for UNETR).
 
     Raises :class:`RunMismatchError` naming both runs when ``ckpt_dir`` holds another run or a finished one.
     """
     import ignite.distributed as idist
 
     if idist.get_rank() != 0:
-        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs, keep)
+        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs, keep, discard_checkpoints)
     acquire_run_lock(ckpt_dir)
     try:
         clean_stale_temp_files(ckpt_dir)
-        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs, keep)
+        return _resume_checkpoint(ckpt_dir, identity, resume, extra_files, outputs, keep, discard_checkpoints)
     except BaseException:
         release_run_lock(ckpt_dir)  # refused: this run never started
         raise
 
 
-def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra_files, outputs, keep=()) -> str | None:
+def _resume_checkpoint(
+    ckpt_dir: str, identity: RunIdentity, resume: bool, extra_files, outputs, keep=(), discard_checkpoints=False
+) -> str | None:
     if not resume:
-        move_previous_outputs(ckpt_dir, extra_files, outputs, keep)
+        move_previous_outputs(ckpt_dir, extra_files, outputs, keep, discard_checkpoints)
         return None
     unreadable: dict[str, str] = {}
     for epoch, path in reversed(list_checkpoints(ckpt_dir)):
@@ -292,5 +316,7 @@ def _resume_checkpoint(ckpt_dir: str, identity: RunIdentity, resume: bool, extra
             f"({torch.__version__}). Nothing was changed. Resume with the torch that wrote them, or start fresh with "
             f"--resume False (they are moved to {os.path.join(ckpt_dir, 'previous')}/)."
         )
-    move_previous_outputs(ckpt_dir, extra_files, outputs, keep)  # a model.pt / run record with no checkpoint behind it
+    move_previous_outputs(
+        ckpt_dir, extra_files, outputs, keep, discard_checkpoints
+    )  # a model.pt / run record with no checkpoint behind it
     return None
