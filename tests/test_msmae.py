@@ -197,3 +197,26 @@ def test_attention_reaches_dataloader_workers(tmp_path, synth2d):
         iterations = 2 if override.get("epoch_length", 2) else 3  # 12 items, batches of 4
         # from the third epoch on every batch carries attention (a batch prefetched before a refresh may not)
         assert per_epoch[2:] == [iterations] * 3, (name, per_epoch)
+
+
+def test_attention_refresh_runs_without_autograd_and_under_autocast():
+    """The refresh is inference only (no autograd graph, the network's mode restored) and, with ``amp`` (the GPU
+    path, tested here as CPU bf16 autocast), gives the float32 maps' ranking of the patches."""
+    torch.manual_seed(0)
+    net = MaskedAutoencoder(1, 32, 8, 2, hidden_size=64, mlp_dim=128, num_layers=2, num_heads=4,
+                            decoder_hidden_size=32, decoder_mlp_dim=64, decoder_num_layers=1, decoder_num_heads=4,
+                            masking=RandomMasking(0.75))
+    batches = [{"image": torch.rand(4, 1, 32, 32), "id": [f"s{b}_{i}" for i in range(4)]} for b in range(2)]
+    full, half = AttentionCache(), AttentionCache()
+    net.train()
+    full.refresh(net, batches, "cpu", epoch=3)
+    half.refresh(net, batches, "cpu", epoch=3, amp=True)
+    assert net.training and len(full) == len(half) == 8 and full.epoch == 3
+    for k in ("s0_0", "s1_3"):
+        a, b = full.get(k), half.get(k)
+        assert a.dtype == b.dtype == torch.float32 and not a.requires_grad and not a.is_inference()
+        assert torch.allclose(a, b, atol=0.02) and not torch.equal(a, b)  # bf16 arithmetic, same map
+    # the maps are usable for masking (sampling weights) after the refresh
+    weights = torch.stack([full.get("s0_0"), full.get("s0_1")]).flatten(1)
+    plan = AttentionMasking(0.45, 0.3)(2, 16, torch.device("cpu"), weights)
+    assert plan.visible.shape[0] == 2
