@@ -535,16 +535,17 @@ def test_a_checkpoint_loaded_at_start_is_logged_as_the_initialisation(tmp_path):
     from monai.handlers import CheckpointLoader
 
     from conftest import captured_warnings
-    from medmae_ext.training.checkpoints import ResumeCheckpointLoader, log_loaded_checkpoints
+    from medmae_ext.training.checkpoints import ResumeCheckpointLoader
+    from medmae_ext.training.serving import log_loaded_checkpoints
 
     net = torch.nn.Linear(2, 2)
     served = str(tmp_path / "models" / "model.pt")
     handlers = [CheckpointLoader(load_path=served, load_dict={"model": net}),
                 ResumeCheckpointLoader(load_path=str(tmp_path / "checkpoint_1.pt"), load_dict={"network": net})]
-    with captured_warnings("medmae_ext.training.checkpoints") as said:
+    with captured_warnings("medmae_ext.training.serving") as said:
         assert log_loaded_checkpoints(handlers) == handlers
     assert len(said) == 1 and f"training starts from {served} (model)" in said[0]
-    with captured_warnings("medmae_ext.training.checkpoints") as said:
+    with captured_warnings("medmae_ext.training.serving") as said:
         log_loaded_checkpoints(handlers[1:])
     assert not said
 

@@ -106,12 +106,17 @@ def _server(command, cwd, log):
                 time.sleep(1)
         yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
+
+
+def _stop(proc):
+    """Stop a server started in its own process group: SIGTERM, then SIGKILL after a minute."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _wait_for(log, text, seconds=30):
@@ -278,9 +283,4 @@ def test_monai_label_refuses_the_2d_bundles_at_start(server_python, tmp_path, tm
             with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
                 _get("/info/")  # nothing was started that serves it
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _stop(proc)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from .statistics import bootstrap_ci95, calibration, decisions, scores
+
 __all__ = ["ClassificationReport", "ProbabilityCSVSaver", "confusion_matrix_png", "read_history"]
 
 logger = logging.getLogger(__name__)
@@ -93,70 +95,13 @@ class ClassificationReport:
             meta = getattr(source.get("image"), "meta", None) or {}
             self._ids.append(str(source.get("id", meta.get("filename_or_obj", len(self._ids)))))
 
-    def _hard(self, prob: torch.Tensor) -> torch.Tensor:
-        if self.multi_label:
-            return (prob >= self.threshold).float()
-        return torch.nn.functional.one_hot(prob.argmax(1), prob.shape[1]).float()
-
-    def _scores(self, prob: torch.Tensor, y: torch.Tensor) -> tuple[dict, list, list, list]:
-        """accuracy / macro F1 / mean AUC, and per class: AUC, F1, recall (nan where a class has no positive)."""
-        from monai.metrics import compute_roc_auc
-
-        c = prob.shape[1]
-        auc = []
-        for k in range(c):
-            has_both = 0 < y[:, k].sum() < len(y)
-            auc.append(float(compute_roc_auc(prob[:, k], y[:, k])) if has_both else float("nan"))
-        hard = self._hard(prob)
-        tp = (hard * y).sum(0)
-        f1 = (2 * tp / (hard.sum(0) + y.sum(0)).clamp_min(1e-8)).tolist()
-        recall = [float(t / s) if s > 0 else float("nan") for t, s in zip(tp.tolist(), y.sum(0).tolist(), strict=False)]
-        valid_auc = [a for a in auc if a == a]
-        overall = {
-            "accuracy": float((hard == y).all(1).float().mean()),
-            "macro_f1": float(np.mean(f1)),
-            "mean_auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
-        }
-        return overall, auc, f1, recall
-
-    def _ci95(self, prob: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict:
-        rng = np.random.default_rng(0)
-        draws: dict[str, list[float]] = {}
-        for _ in range(self.bootstrap):
-            idx = torch.as_tensor(rng.integers(0, len(y), len(y)))
-            overall, _, _, recall = self._scores(prob[idx], y[idx])
-            for k, v in [*overall.items(), *((f"recall_{n}", r) for n, r in zip(names, recall, strict=False))]:
-                if v == v:
-                    draws.setdefault(k, []).append(v)
-        return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
-
-    @staticmethod
-    def calibration(prob: torch.Tensor, y: torch.Tensor, names: list[str], bins: int = 10) -> dict:
-        """Expected calibration error of the top probability (``bins`` equal-width bins) and, per class, the mean
-        predicted probability against the observed frequency."""
-        conf, pred = prob.max(1)
-        correct = (pred == y.argmax(1)).float()
-        edges = torch.linspace(0, 1, bins + 1)
-        which = torch.bucketize(conf, edges[1:-1], right=True)
-        ece = 0.0
-        for b in range(bins):
-            sel = which == b
-            if sel.any():
-                ece += float(sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs())
-        return {
-            "ece": ece,
-            "bins": bins,
-            "mean_probability": {n: float(prob[:, k].mean()) for k, n in enumerate(names)},
-            "observed_frequency": {n: float(y[:, k].mean()) for k, n in enumerate(names)},
-        }
-
     def _write_samples(self, prob: torch.Tensor, y: torch.Tensor, names: list[str]) -> None:
         import csv
 
         def classes(row):
             return ";".join(n for n, v in zip(names, row.tolist(), strict=False) if v > 0.5)
 
-        hard = self._hard(prob)
+        hard = decisions(prob, self.multi_label, self.threshold)
         path = os.path.join(self.output_dir, self.samples_file)
         with open(path + ".tmp", "w", newline="") as f:
             w = csv.writer(f)
@@ -171,7 +116,7 @@ class ClassificationReport:
         names = self.class_names or [str(i) for i in range(c)]
         if len(names) != c:
             raise ValueError(f"{len(names)} class names given for {c} network outputs")
-        overall, auc, f1, recall = self._scores(prob, y)
+        overall, auc, f1, recall = scores(prob, y, self.multi_label, self.threshold)
         support = y.sum(0).tolist()
         metrics = {
             "split": self.split,
@@ -185,7 +130,7 @@ class ClassificationReport:
             },
         }
         if self.bootstrap > 0:
-            metrics["ci95"] = self._ci95(prob, y, names)
+            metrics["ci95"] = bootstrap_ci95(prob, y, names, self.bootstrap, self.multi_label, self.threshold)
             metrics["bootstrap_resamples"] = self.bootstrap
         if not self.multi_label:
             cm = np.zeros((c, c), np.int64)
@@ -193,7 +138,7 @@ class ClassificationReport:
             metrics["confusion_matrix"] = cm.tolist()
             predicted = sorted({names[i] for i in prob.argmax(1).tolist()})
             metrics["predicted_classes"] = predicted
-            metrics["calibration"] = self.calibration(prob, y, names)
+            metrics["calibration"] = calibration(prob, y, names)
         return metrics
 
     def __call__(self, engine: Engine) -> dict:

@@ -4,6 +4,7 @@ stop (``guards``), MSMAE attention refresh (``attention``), class imbalance (``i
 the served model across runs (``serving``), MONAI's experiment tracking (``tracking``)."""
 
 from . import (  # noqa: F401
+    archive,
     attention,
     checkpoints,
     distributed,

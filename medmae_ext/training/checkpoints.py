@@ -24,33 +24,9 @@ from .resume import RunMismatchError, checkpoint_position
 from .runlock import AtomicSaver, release_run_lock
 from .stopping import SignalStop, SkipFirst, random_state
 
-__all__ = [
-    "AtomicCheckpointSaver",
-    "BestModelSaver",
-    "ResumeCheckpointLoader",
-    "finite_greater",
-    "log_loaded_checkpoints",
-]
+__all__ = ["AtomicCheckpointSaver", "BestModelSaver", "ResumeCheckpointLoader", "finite_greater"]
 
 logger = logging.getLogger(__name__)
-
-
-def log_loaded_checkpoints(handlers) -> list:
-    """The trainer's handler list, as it is, after logging each plain MONAI ``CheckpointLoader`` in it: the weights it
-    loads when training starts replace the initialisation logged while the network was built (``pretrained_ckpt``).
-    MONAI Label adds one for its ``pretrained: true`` (the served ``models/model.pt``), so a session whose network was
-    built "from RANDOM weights" or from an encoder says what it really starts from. A resume is logged by
-    :class:`ResumeCheckpointLoader` itself."""
-    handlers = list(handlers or [])
-    for h in handlers:
-        if isinstance(h, CheckpointLoader) and not isinstance(h, ResumeCheckpointLoader):
-            keys = ", ".join(sorted(getattr(h, "load_dict", {}) or {}))
-            logger.warning(
-                f"initialisation: training starts from {os.path.abspath(str(h.load_path))} ({keys}), loaded by a "
-                "CheckpointLoader in the trainer's handlers (MONAI Label: the served model, its 'pretrained' option); "
-                "it replaces the initialisation logged above"
-            )
-    return handlers
 
 
 class ResumeCheckpointLoader(CheckpointLoader):

@@ -33,6 +33,7 @@ __all__ = [
     "monai_label_data_source",
     "require_validation_items",
     "not_for_monai_label",
+    "log_loaded_checkpoints",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,3 +187,25 @@ def not_for_monai_label(use_click, config_chain) -> None:
         "for 3D Slicer. Start the server with --conf models unetr_segmentation; use "
         f"{bundle}'s inference.json with python -m monai.bundle run for its own outputs."
     )
+
+
+def log_loaded_checkpoints(handlers) -> list:
+    """The trainer's handler list, as it is, after logging each plain MONAI ``CheckpointLoader`` in it: the weights it
+    loads when training starts replace the initialisation logged while the network was built (``pretrained_ckpt``).
+    MONAI Label adds one for its ``pretrained: true`` (the served ``models/model.pt``), so a session whose network was
+    built "from RANDOM weights" or from an encoder says what it really starts from. A resume is logged by
+    :class:`~medmae_ext.training.checkpoints.ResumeCheckpointLoader` itself."""
+    from monai.handlers import CheckpointLoader
+
+    from .checkpoints import ResumeCheckpointLoader
+
+    handlers = list(handlers or [])
+    for h in handlers:
+        if isinstance(h, CheckpointLoader) and not isinstance(h, ResumeCheckpointLoader):
+            keys = ", ".join(sorted(getattr(h, "load_dict", {}) or {}))
+            logger.warning(
+                f"initialisation: training starts from {os.path.abspath(str(h.load_path))} ({keys}), loaded by a "
+                "CheckpointLoader in the trainer's handlers (MONAI Label: the served model, its 'pretrained' option); "
+                "it replaces the initialisation logged above"
+            )
+    return handlers
