@@ -66,6 +66,16 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     assert [(x[0].strip(), x[1].strip()) for x in rows if "border" not in x[1]] == [
         (a, w) for a in ("seed0/msmae_masked", "seed0/msmae") for w in ("all tokens", "attention drop", "random drop")]
     assert [int(x[2]) for x in rows if "border" not in x[1]] == [49, 12, 12] * 2  # 28 px, patch 4: 25% of 49 kept
+    # the pooling comparison: the same encoders (reused, not pretrained again), only the pooling differs
+    (pool,) = readme_commands("### Pooling", "docs/evidence.md")
+    pooled = tmp_path / "pool"
+    r = subprocess.run(["bash", "-c", pool + shrink.replace(str(work), str(pooled)) + f" --pretrain_dir {work}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for arm in ("scratch", "mae"):
+        record = json.load(open(pooled / "seed0" / arm / "models" / "metadata.json"))
+        assert record["medmae_run"]["settings"]["pooling"] == "mean", record["medmae_run"]["settings"]
+    assert not (pooled / "seed0" / "pretrain").exists()  # the encoders came from --pretrain_dir
 
 
 
