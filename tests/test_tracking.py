@@ -45,8 +45,6 @@ def _bundle(args, root):
 CASES = {
     "mae_pretrain": ("mae_pretrain/configs/train.json", ["--epochs", "1", "--epoch_length", "2"], "train_loss",
                      "settings.img_size", ".png"),
-    "msmae_pretrain": (["mae_pretrain/configs/train.json", "msmae_pretrain/configs/train.json"],
-                       ["--epochs", "1", "--epoch_length", "2"], "train_loss", "settings.img_size", ".png"),
     "vit_classification": ("vit_classification/configs/train.json", ["--epochs", "1", "--epoch_length", "2",
                                                                      "--pretrained_ckpt", "scratch"],
                            "train_loss", "settings.class_names", "confusion_matrix.png"),
