@@ -49,8 +49,9 @@ def warn_few_kept_tokens(msmae_finetune: bool, img_size, patch_size, mask_ratio:
     other arm (docs/evidence.md). Upsampling the images adds tokens but no information. Returns the kept count (all
     tokens when ``msmae_finetune`` is off)."""
     from ..networks.masking import patch_counts
+    from ..networks.patching import grid_shape
 
-    n = math.prod(int(i) // int(p) for i, p in zip(img_size, patch_size, strict=False))
+    n = math.prod(grid_shape(img_size, patch_size))
     if not msmae_finetune:
         return n
     kept = patch_counts(n, float(mask_ratio), float(throw_ratio))[2]

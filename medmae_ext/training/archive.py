@@ -58,7 +58,7 @@ def _tensorboard_folder(path: str) -> bool:
 def _earlier_outputs(ckpt_dir: str, extra_files, outputs, keep=()) -> list[tuple[str, str]]:
     """``(source, name in the archive)`` of everything an earlier run of ``ckpt_dir`` left (``keep``: this run's
     own files already there, e.g. MONAI's executed config under ``--tracking``)."""
-    kept = {os.path.abspath(k) for k in keep or () if isinstance(k, str)}
+    skip = {os.path.abspath(k) for k in keep or () if isinstance(k, str)} | {os.path.abspath(ckpt_dir)}
     found = [(p, os.path.basename(p)) for _, p in list_checkpoints(ckpt_dir)]
     found += [(os.path.join(ckpt_dir, f), f) for f in extra_files if os.path.isfile(os.path.join(ckpt_dir, f))]
     for folder in outputs or ():
@@ -71,7 +71,7 @@ def _earlier_outputs(ckpt_dir: str, extra_files, outputs, keep=()) -> list[tuple
         for name in sorted(os.listdir(folder)):
             p = os.path.join(folder, name)
             # a sub-folder with TensorBoard files of its own is another config's log folder (logs/3d), not ours
-            if os.path.islink(p) or _tensorboard_folder(p) or os.path.abspath(p) in kept | {os.path.abspath(ckpt_dir)}:
+            if os.path.islink(p) or _tensorboard_folder(p) or os.path.abspath(p) in skip:
                 continue
             found.append((p, os.path.join(os.path.basename(folder), name)))
     return found
@@ -90,7 +90,8 @@ def move_previous_outputs(
     if not files or idist.get_rank() != 0:
         return None
     if discard_checkpoints:  # resume state of a run that is never resumed (a MONAI Label session)
-        resume_state = {p for _, p in list_checkpoints(ckpt_dir)}
+        # the checkpoints _earlier_outputs listed: files of ckpt_dir itself with a checkpoint name
+        resume_state = {src for src, name in files if name == os.path.basename(src) and checkpoint_position(src)}
         for p in sorted(resume_state):
             os.remove(p)
         if resume_state:
