@@ -536,18 +536,25 @@ def test_a_checkpoint_loaded_at_start_is_logged_as_the_initialisation(tmp_path):
 
     from conftest import captured_warnings
     from medmae_ext.training.checkpoints import ResumeCheckpointLoader
+    from medmae_ext.training.resume import RunIdentity
     from medmae_ext.training.serving import log_loaded_checkpoints
 
     net = torch.nn.Linear(2, 2)
     served = str(tmp_path / "models" / "model.pt")
     handlers = [CheckpointLoader(load_path=served, load_dict={"model": net}),
                 ResumeCheckpointLoader(load_path=str(tmp_path / "checkpoint_1.pt"), load_dict={"network": net})]
+    identity = RunIdentity(net, init="encoder of enc.pt")
     with captured_warnings("medmae_ext.training.serving") as said:
-        assert log_loaded_checkpoints(handlers) == handlers
+        assert log_loaded_checkpoints(handlers, identity) == handlers
     assert len(said) == 1 and f"training starts from {served} (model)" in said[0]
+    # the run record (checkpoints, metadata.json) says so too, beside how the network was built; a resume of the
+    # same run is not refused for it (started_from is not part of what identifies a run)
+    assert identity.state_dict()["started_from"] == served and identity.state_dict()["init"] == "encoder of enc.pt"
+    RunIdentity(net, init="encoder of enc.pt").load_state_dict(identity.state_dict())
+    again = RunIdentity(net, init="encoder of enc.pt")
     with captured_warnings("medmae_ext.training.serving") as said:
-        log_loaded_checkpoints(handlers[1:])
-    assert not said
+        log_loaded_checkpoints(handlers[1:], again)
+    assert not said and "started_from" not in again.state_dict()
 
 
 def test_a_fresh_session_discards_earlier_resume_state_but_archives_outputs(tmp_path):

@@ -81,6 +81,22 @@ def _train(**request):
              {"Content-Type": "application/json"}, timeout=900)
 
 
+def _train_async(**request):
+    """POST /train/<model> as 3D Slicer's module does (asynchronously), then poll GET /train/ as it does until the
+    task ends; returns the task (status, details)."""
+    options = _get("/info/")["trainers"][B]["config"]
+    params = {k: v[0] if isinstance(v, list) else v for k, v in options.items()}
+    params.update(request)
+    _request("POST", f"/train/{B}", json.dumps(params).encode(), {"Content-Type": "application/json"})
+    deadline = time.time() + 900
+    while True:
+        task = _get("/train/")
+        if task["status"] not in ("SUBMITTED", "RUNNING"):
+            return task
+        assert time.time() < deadline, task
+        time.sleep(1)
+
+
 def _infer(image, out):
     with open(out, "wb") as f:
         f.write(_request("POST", f"/infer/{B}?image={image}&output=image", timeout=600))
@@ -226,21 +242,33 @@ def test_monai_label_server_over_http(server_python, synth3d, tmp_path, tmp_path
         assert np.array_equal(seg1, ref1), "/infer differs from the bundle's own inference with the new model.pt"
         assert not np.array_equal(seg1, seg0), "the second /infer did not use the new model.pt"
 
-        # a request without validation images stops before training, saying what to send; model.pt untouched
-        with pytest.raises(AssertionError, match="HTTP 500"):
-            _train(max_epochs=1, val_split=0.0, multi_gpu=False, device="cpu")
-        _wait_for(log, "validate#dataset#data is empty")
+        # a request that cannot run stops before training, and the reason reaches the client: Slicer's module
+        # trains asynchronously and shows the task's status and details (the last lines of the run); model.pt
+        # untouched. Here: a pretrained_ckpt typed into Slicer's options table that does not exist.
+        missing = str(tmp_path / "no_such_encoder.pt")
+        task = _train_async(max_epochs=1, val_split=0.5, multi_gpu=False, device="cpu", pretrained_ckpt=missing)
+        assert task["status"] == "ERROR", task
+        said = "\n".join(task["details"])
+        assert f"ERROR: WeightsFileError: pretrained checkpoint not found: {missing} (config id 'pretrained_ckpt'" in said, said
         assert open(os.path.join(models, "model.pt"), "rb").read() == served1
 
-        # another session: the earlier session's resume checkpoints (51 MB each) are removed, not piled up
+        # another session, with val_split 0 (none of the labelled volumes for validation, as MONAI Label splits them
+        # at 0.2 with 1-2 volumes): one is held out for validation, named in the log; the earlier session's resume
+        # checkpoints (51 MB each) are removed, not piled up
         def resume_state():
             return sorted(glob.glob(os.path.join(models, "monailabel", "**", "checkpoint_*.pt"), recursive=True))
 
         before = resume_state()
-        _train(max_epochs=1, val_split=0.5, multi_gpu=False, device="cpu")
+        mark = len(open(log).read())
+        _train(max_epochs=1, val_split=0.0, multi_gpu=False, device="cpu")
+        said = open(log).read()[mark:]
+        assert "holding out" in said and "for validation; training on the other 3" in said, said[-3000:]
         after = resume_state()
         assert after and len(after) <= len(before), (before, after)
         assert not glob.glob(os.path.join(models, "monailabel", "previous", "**", "*.pt"), recursive=True)
+        # the record says what the session really started from: the served model, loaded over the network as built
+        identity = json.load(open(os.path.join(models, "metadata.json")))["medmae_run"]["identity"]
+        assert identity["started_from"] == os.path.join(models, "model.pt"), identity
 
 
 def test_ci_builds_the_server_environment_as_documented():

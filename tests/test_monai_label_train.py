@@ -38,6 +38,57 @@ def test_monai_label_session_is_told_by_the_items_alone(tmp_path, synth3d):
     assert not os.path.exists(tmp_path / "data"), "no synthetic set is written for a session on given items"
 
 
+def test_a_session_with_two_labelled_volumes_validates_on_one(tmp_path, synth3d):
+    """MONAI Label's own split (its BundleTrainTask._partition_datalist, val_split 0.2 as Slicer sends it) leaves no
+    validation volume out of 2 labelled ones: the bundle holds the last one out (logged) and trains on the other; with
+    1 it stops before training with a reason that names what to do; a split with validation items is kept as sent."""
+    from monai.bundle import ConfigParser
+    from monailabel.tasks.train.bundle import BundleTrainTask
+
+    from conftest import bundle_configs, captured_warnings
+
+    items = [{"image": os.path.join(synth3d, "imagesTr", f"ct_00{i}.nii.gz"),
+              "label": os.path.join(synth3d, "labelsTr", f"ct_00{i}.nii.gz")} for i in range(3)]
+
+    def session(train, val):
+        p = ConfigParser()
+        p.read_config(bundle_configs("unetr_segmentation", "train.json"))
+        p["bundle_root"] = str(tmp_path)
+        p["train#dataset#data"] = train
+        if val is not None:  # MONAI Label leaves the bundle's own list (synthetic default) for a negative val_split
+            p["validate#dataset#data"] = val
+        return p
+
+    train, val = BundleTrainTask._partition_datalist(None, items[:2], {"val_split": 0.2})
+    assert len(train) == 2 and val == []  # MONAI Label's premise: nothing to validate on
+    p = session(train, val)
+    with captured_warnings("medmae_ext.training.serving") as said:
+        assert p.get_parsed_content("session") == {"train": items[:1], "validate": items[1:2]}
+    assert len(said) == 1 and f"holding out {items[1]['image']} for validation" in said[0]
+    assert list(p.get_parsed_content("train#dataset").data) == items[:1]
+    assert list(p.get_parsed_content("validate#dataset").data) == items[1:2]
+    assert "1 training items" in p.get_parsed_content("run_identity").data  # the run trained on what it says
+
+    train, val = BundleTrainTask._partition_datalist(None, items[:1], {"val_split": 0.2})
+    with pytest.raises(RuntimeError) as failed:  # MONAI's config expression error, raised from the bundle's
+        session(train, val).get_parsed_content("session")
+    assert "sent 1 labelled volume(s) and no validation volume: label at least 2" in str(failed.value.__cause__)
+
+    train, val = BundleTrainTask._partition_datalist(None, items, {"val_split": -1})  # "the bundle's own list"
+    assert val is None
+    with pytest.raises(RuntimeError) as failed:
+        session(train, val).get_parsed_content("session")
+    assert "asked for the bundle's own validation list (val_split < 0)" in str(failed.value.__cause__)
+    assert not os.path.exists(tmp_path / "data"), "the synthetic default is neither written nor read"
+
+    train, val = BundleTrainTask._partition_datalist(None, items, {"val_split": 0.2})
+    assert session(train, val).get_parsed_content("session") == {"train": train, "validate": val} and len(val) == 1
+    # outside MONAI Label (the bundle's own datalist) an empty validation list is not filled from training
+    from medmae_ext.training.serving import session_split
+
+    assert session_split(items, [], monai_label=False) == {"train": items, "validate": []}
+
+
 def test_served_model_is_replaced_only_by_a_better_one(tmp_path):
     """A network whose validation metric is known: the served weights score 1.0, the run's weights 0.5, then 1.5."""
     from ignite.engine import Engine, Events

@@ -91,7 +91,8 @@ class RunRecordWriter:
         identity: the run's ``RunIdentity``.
         kind: "classification", "segmentation" or "embedding" (what ``network_data_format``'s output is).
         trained_on / data_source / label_source: where the training data and its labels came from.
-        best_model_saver: its evaluator's best key metric goes into the record (vit / unetr).
+        best_model_saver: its evaluator's best key metric goes into the record (vit / unetr), and its operating point
+            (vit: ``operating_point``, chosen on validation at that epoch).
         resumed_from: the checkpoint the run resumed from (config id ``resume_ckpt``), if any.
     """
 
@@ -167,6 +168,9 @@ class RunRecordWriter:
         best = self._best_metric()
         if best is not None:
             rec["best_metric"] = best
+        point = getattr(self.best_model_saver, "operating_point", None)
+        if point is not None and point.chosen:
+            rec["operating_point"] = dict(point.chosen)  # read by evaluation and inference (outputs.operating_point)
         return rec
 
     def _best_metric(self) -> dict | None:

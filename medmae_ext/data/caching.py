@@ -85,12 +85,18 @@ def cached_dataset(
     num_workers: int = 0,
     config_id: str = "dataset_cache",
     shard: dict | None = None,
+    items=None,
 ):
     """A MONAI dataset over ``data`` that keeps the deterministic transforms' output as ``cache`` says (module doc).
 
     ``shard`` (the multi-GPU configs set it): keyword arguments of :func:`medmae_ext.training.distributed.shard_items`; the
     dataset then holds this rank's shard of ``data`` only (``dataset.data``). ``data`` itself stays the whole list,
-    so whoever overrides it (MONAI Label's ``train#dataset#data``) still gets sharded, never replaced."""
+    so whoever overrides it (MONAI Label's ``train#dataset#data``) still gets sharded, never replaced.
+
+    ``items``: when not None, what the dataset holds in place of ``data``, which then stays the config id MONAI Label
+    overrides (unetr: :func:`medmae_ext.training.serving.session_split` of MONAI Label's two lists)."""
+    if items is not None:
+        data = items
     if shard is not None:
         from ..training.distributed import shard_items
 

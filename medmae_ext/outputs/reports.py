@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from .charts import confusion_matrix_png, reliability_png
 from .statistics import bootstrap_ci95, calibration, decisions, scores
 
-__all__ = ["ClassificationReport", "ProbabilityCSVSaver", "confusion_matrix_png", "read_history"]
+__all__ = ["ClassificationReport", "ProbabilityCSVSaver", "read_history"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ class ClassificationReport:
       and each class's recall over N resamples of the samples with replacement (seeded: the same file gives the
       same interval); a resample missing a class leaves that AUC / recall out of its draw;
     * single-label: ``calibration`` -- the expected calibration error (``ece``: 10 equal-width bins of the top
-      probability, the sample-weighted gap between mean confidence and accuracy per bin) and the mean probability of
-      each class against its observed frequency, which shows a model that over-calls a class.
+      probability, the sample-weighted gap between mean confidence and accuracy per bin; ``reliability.png``) and the
+      mean probability of each class against its observed frequency, which shows a model that over-calls a class;
+    * with ``decision`` (evaluations: the run record's operating point, :mod:`~medmae_ext.outputs.operating_point`)
+      the decisions are that point's and the probabilities are prior-corrected as it says (``operating_point``).
 
     The numbers (accuracy, macro F1, mean AUC, ``recall_<class>``) are put in ``engine.state.metrics`` at the end of
     the epoch, so that a ``StatsHandler`` / ``TensorBoardStatsHandler`` listed *after* this handler logs them at every
@@ -62,8 +65,10 @@ class ClassificationReport:
         model_file: str | None = None,
         samples_file: str | None = None,
         bootstrap: int = 0,
+        decision=None,
     ) -> None:
         self.output_dir = output_dir
+        self.decision = decision
         self.samples_file = samples_file
         self.bootstrap = int(bootstrap)
         self.split = split
@@ -101,7 +106,8 @@ class ClassificationReport:
         def classes(row):
             return ";".join(n for n, v in zip(names, row.tolist(), strict=False) if v > 0.5)
 
-        hard = decisions(prob, self.multi_label, self.threshold)
+        hard = decisions(prob, self.multi_label, self.threshold, self.decision)
+        prob = self.decision.probabilities(prob) if self.decision is not None else prob
         path = os.path.join(self.output_dir, self.samples_file)
         with open(path + ".tmp", "w", newline="") as f:
             w = csv.writer(f)
@@ -116,7 +122,7 @@ class ClassificationReport:
         names = self.class_names or [str(i) for i in range(c)]
         if len(names) != c:
             raise ValueError(f"{len(names)} class names given for {c} network outputs")
-        overall, auc, f1, recall = scores(prob, y, self.multi_label, self.threshold)
+        overall, auc, f1, recall = scores(prob, y, self.multi_label, self.threshold, self.decision)
         support = y.sum(0).tolist()
         metrics = {
             "split": self.split,
@@ -130,15 +136,20 @@ class ClassificationReport:
             },
         }
         if self.bootstrap > 0:
-            metrics["ci95"] = bootstrap_ci95(prob, y, names, self.bootstrap, self.multi_label, self.threshold)
+            metrics["ci95"] = bootstrap_ci95(
+                prob, y, names, self.bootstrap, self.multi_label, self.threshold, self.decision
+            )
             metrics["bootstrap_resamples"] = self.bootstrap
         if not self.multi_label:
+            hard = decisions(prob, False, self.threshold, self.decision).argmax(1)
+            prob = self.decision.probabilities(prob) if self.decision is not None else prob
             cm = np.zeros((c, c), np.int64)
-            np.add.at(cm, (y.argmax(1).numpy(), prob.argmax(1).numpy()), 1)
+            np.add.at(cm, (y.argmax(1).numpy(), hard.numpy()), 1)
             metrics["confusion_matrix"] = cm.tolist()
-            predicted = sorted({names[i] for i in prob.argmax(1).tolist()})
-            metrics["predicted_classes"] = predicted
+            metrics["predicted_classes"] = sorted({names[i] for i in hard.tolist()})
             metrics["calibration"] = calibration(prob, y, names)
+            if self.decision is not None:
+                metrics["operating_point"] = self.decision.describe()
         return metrics
 
     def __call__(self, engine: Engine) -> dict:
@@ -167,6 +178,7 @@ class ClassificationReport:
                 comments="",
             )
             picture = confusion_matrix_png(cm, names, os.path.join(self.output_dir, "confusion_matrix.png"))
+            reliability_png(metrics["calibration"]["reliability"], os.path.join(self.output_dir, "reliability.png"))
             if self.log_dir:
                 if self._writer is None:
                     from torch.utils.tensorboard import SummaryWriter
@@ -229,38 +241,15 @@ def read_history(path: str) -> list[dict]:
         return [{k: int(v) if k == "epoch" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def confusion_matrix_png(cm: np.ndarray, names: list[str], path: str, cell: int = 64):
-    """A plain confusion-matrix picture: rows = truth, columns = prediction, darker = more, counts written in.
-    Saved to ``path``; the PIL image is returned."""
-    from PIL import Image, ImageDraw
-
-    c = len(names)
-    margin = 110
-    img = Image.new("RGB", (margin + c * cell + 10, margin + c * cell + 10), "white")
-    draw = ImageDraw.Draw(img)
-    row_sums = cm.sum(1, keepdims=True).clip(min=1)
-    for i in range(c):
-        for j in range(c):
-            v = cm[i, j] / row_sums[i, 0]
-            shade = int(255 * (1 - 0.85 * v))
-            x0, y0 = margin + j * cell, margin + i * cell
-            draw.rectangle([x0, y0, x0 + cell, y0 + cell], fill=(shade, shade, 255), outline="grey")
-            draw.text((x0 + cell // 3, y0 + cell // 3), str(int(cm[i, j])), fill="black" if v < 0.6 else "white")
-        draw.text((4, margin + i * cell + cell // 3), names[i][:16], fill="black")
-        draw.text((margin + i * cell + 4, margin - 20), names[i][:9], fill="black")
-    draw.text((margin, 8), "prediction ->", fill="black")
-    draw.text((4, margin - 40), "truth", fill="black")
-    img.save(path)
-    return img
-
-
 class ProbabilityCSVSaver:
     """Attach to an inference evaluator: write ``predictions.csv`` with one row per image --
-    ``image,<class 1>,...,<class K>,predicted`` (probabilities, then the most likely class name). Written once at
-    the end, to a temporary file renamed into place."""
+    ``image,<class 1>,...,<class K>,predicted`` (probabilities, then the decided class name: the most likely one, or
+    ``decision``'s, the run record's operating point). Written once at the end, to a temporary file renamed into
+    place."""
 
-    def __init__(self, output_dir: str, class_names, filename: str = "predictions.csv") -> None:
+    def __init__(self, output_dir: str, class_names, filename: str = "predictions.csv", decision=None) -> None:
         self.output_dir = output_dir
+        self.decision = decision
         self.class_names = list(class_names)
         self.filename = filename
 
@@ -286,7 +275,10 @@ class ProbabilityCSVSaver:
             w = csv.writer(f)
             w.writerow(["image", *self.class_names, "predicted"])
             for name, prob in self._rows:
-                w.writerow([name, *[f"{p:.6f}" for p in prob], self.class_names[int(np.argmax(prob))]])
+                prob = torch.tensor([prob])
+                hard = decisions(prob, decide=self.decision)
+                prob = self.decision.probabilities(prob) if self.decision is not None else prob
+                w.writerow([name, *[f"{p:.6f}" for p in prob[0].tolist()], self.class_names[int(hard[0].argmax())]])
         os.replace(path + ".tmp", path)
         logger.info(f"wrote {len(self._rows)} predictions to {path}")
         return path

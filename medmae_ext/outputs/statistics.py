@@ -10,25 +10,30 @@ import torch
 __all__ = ["decisions", "scores", "bootstrap_ci95", "calibration"]
 
 
-def decisions(prob: torch.Tensor, multi_label: bool = False, threshold: float = 0.5) -> torch.Tensor:
-    """The decided class(es) as a 0/1 tensor like ``y``: the most likely class, or (multi-label) each class at or over
-    ``threshold``."""
+def decisions(prob: torch.Tensor, multi_label: bool = False, threshold: float = 0.5, decide=None) -> torch.Tensor:
+    """The decided class(es) as a 0/1 tensor like ``y``: ``decide(prob)`` when given (a
+    :class:`~medmae_ext.outputs.operating_point.Decision`), else the most likely class, or (multi-label) each class
+    at or over ``threshold``."""
+    if decide is not None:
+        return decide(prob)
     if multi_label:
         return (prob >= threshold).float()
     return torch.nn.functional.one_hot(prob.argmax(1), prob.shape[1]).float()
 
 
-def scores(prob: torch.Tensor, y: torch.Tensor, multi_label: bool = False, threshold: float = 0.5):
+def scores(prob: torch.Tensor, y: torch.Tensor, multi_label: bool = False, threshold: float = 0.5, decide=None):
     """``({accuracy, macro_f1, mean_auc}, per-class AUC, per-class F1, per-class recall)``; nan where a class has no
-    positive (or no negative, for AUC)."""
+    positive (or no negative, for AUC). ``prob`` as the model gives it: ``decide`` (see :func:`decisions`) corrects it
+    for AUC when it shifts the prior."""
     from monai.metrics import compute_roc_auc
 
+    hard = decisions(prob, multi_label, threshold, decide)
+    prob = decide.probabilities(prob) if decide is not None else prob
     c = prob.shape[1]
     auc = []
     for k in range(c):
         has_both = 0 < y[:, k].sum() < len(y)
         auc.append(float(compute_roc_auc(prob[:, k], y[:, k])) if has_both else float("nan"))
-    hard = decisions(prob, multi_label, threshold)
     tp = (hard * y).sum(0)
     f1 = (2 * tp / (hard.sum(0) + y.sum(0)).clamp_min(1e-8)).tolist()
     recall = [float(t / s) if s > 0 else float("nan") for t, s in zip(tp.tolist(), y.sum(0).tolist(), strict=False)]
@@ -41,7 +46,7 @@ def scores(prob: torch.Tensor, y: torch.Tensor, multi_label: bool = False, thres
     return overall, auc, f1, recall
 
 
-def bootstrap_ci95(prob, y, names, resamples: int, multi_label: bool = False, threshold: float = 0.5) -> dict:
+def bootstrap_ci95(prob, y, names, resamples: int, multi_label=False, threshold=0.5, decide=None) -> dict:
     """95% percentile intervals of accuracy, macro F1, mean AUC and each class's recall over ``resamples`` draws of
     the samples with replacement (seed 0: the same data gives the same interval); a draw missing a class leaves that
     AUC / recall out."""
@@ -49,7 +54,7 @@ def bootstrap_ci95(prob, y, names, resamples: int, multi_label: bool = False, th
     draws: dict[str, list[float]] = {}
     for _ in range(int(resamples)):
         idx = torch.as_tensor(rng.integers(0, len(y), len(y)))
-        overall, _, _, recall = scores(prob[idx], y[idx], multi_label, threshold)
+        overall, _, _, recall = scores(prob[idx], y[idx], multi_label, threshold, decide)
         for k, v in [*overall.items(), *((f"recall_{n}", r) for n, r in zip(names, recall, strict=False))]:
             if v == v:
                 draws.setdefault(k, []).append(v)
@@ -58,20 +63,25 @@ def bootstrap_ci95(prob, y, names, resamples: int, multi_label: bool = False, th
 
 def calibration(prob: torch.Tensor, y: torch.Tensor, names, bins: int = 10) -> dict:
     """Single-label: the expected calibration error of the top probability (``bins`` equal-width bins, the
-    sample-weighted gap between mean confidence and accuracy per bin) and each class's mean probability against its
-    observed frequency (a model that over-calls a class shows it)."""
+    sample-weighted gap between mean confidence and accuracy per bin), the bins themselves (``reliability``: count,
+    mean confidence, accuracy; drawn by :func:`~medmae_ext.outputs.charts.reliability_png`) and each class's mean
+    probability against its observed frequency (a model that over-calls a class shows it)."""
     conf, pred = prob.max(1)
     correct = (pred == y.argmax(1)).float()
     edges = torch.linspace(0, 1, bins + 1)
     which = torch.bucketize(conf, edges[1:-1], right=True)
-    ece = 0.0
+    ece, table = 0.0, []
     for b in range(bins):
         sel = which == b
         if sel.any():
             ece += float(sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs())
+            table.append([int(sel.sum()), float(conf[sel].mean()), float(correct[sel].mean())])
+        else:
+            table.append([0, None, None])
     return {
         "ece": ece,
         "bins": bins,
+        "reliability": table,
         "mean_probability": {n: float(prob[:, k].mean()) for k, n in enumerate(names)},
         "observed_frequency": {n: float(y[:, k].mean()) for k, n in enumerate(names)},
     }

@@ -207,12 +207,15 @@ def finite_greater(current: float, previous: float) -> bool:
 class BestModelSaver:
     """Attach to an evaluator: whenever its key metric improves, write ``network``'s weights atomically to
     ``save_dir/filename`` (the bundle's ``models/model.pt`` = best validation checkpoint, as in the model zoo).
-    A non-finite key metric (e.g. AUC of a validation set with one class) never writes the model."""
+    A non-finite key metric (e.g. AUC of a validation set with one class) never writes the model.
+    ``operating_point`` (vit: an :class:`~medmae_ext.outputs.operating_point.OperatingPointChooser`, which keeps the
+    decision rule of the best epoch) travels in this object's state, so a resumed run keeps the one of its model."""
 
-    def __init__(self, save_dir: str, network, filename: str = "model.pt") -> None:
+    def __init__(self, save_dir: str, network, filename: str = "model.pt", operating_point=None) -> None:
         self.save_dir = save_dir
         self.network = network
         self.filename = filename
+        self.operating_point = operating_point
         self._engine: Engine | None = None
         self._restored: dict | None = None
         self.paused = False  # set by serving.ServedModelBaseline while it validates the served model
@@ -230,8 +233,12 @@ class BestModelSaver:
         better model."""
         st = self._engine.state if self._engine is not None else None
         if st is None:
-            return dict(self._restored or {"best_metric": -1.0, "best_metric_epoch": -1})
-        return {"best_metric": float(st.best_metric), "best_metric_epoch": int(st.best_metric_epoch)}
+            state = dict(self._restored or {"best_metric": -1.0, "best_metric_epoch": -1})
+        else:
+            state = {"best_metric": float(st.best_metric), "best_metric_epoch": int(st.best_metric_epoch)}
+        if self.operating_point is not None:
+            state["operating_point"] = self.operating_point.state_dict()
+        return state
 
     def best(self) -> dict | None:
         """``{"name", "value", "epoch"}`` of the best validation so far (None before a finite one)."""
@@ -245,6 +252,8 @@ class BestModelSaver:
             "best_metric": float(state["best_metric"]),
             "best_metric_epoch": int(state["best_metric_epoch"]),
         }
+        if self.operating_point is not None:
+            self.operating_point.load_state_dict(state.get("operating_point"))
         if self._engine is not None:
             self._engine.state.best_metric = self._restored["best_metric"]
             self._engine.state.best_metric_epoch = self._restored["best_metric_epoch"]

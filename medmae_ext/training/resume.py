@@ -82,6 +82,10 @@ class RunIdentity:
             train further), it only tells whether the stored run had finished.
         settings: the run's model settings (config id ``run_settings``: sizes, classes, modality, spacing, window...),
             compared value by value, so a refusal names what differs.
+
+    ``started_from`` (not compared): the weights a ``CheckpointLoader`` in the trainer's handlers loads over ``init``
+    when training starts (MONAI Label's served ``model.pt``), set by
+    :func:`~medmae_ext.training.serving.log_loaded_checkpoints`; None when the run starts from ``init``.
     """
 
     FIELDS = ("network", "init", "data", "settings")
@@ -109,9 +113,11 @@ class RunIdentity:
         from ..bundle.record import as_json
 
         self.settings = json.dumps(as_json(dict(settings or {})), sort_keys=True)
+        self.started_from: str | None = None
 
     def state_dict(self) -> dict:
-        return {**{k: getattr(self, k) for k in self.FIELDS}, "epochs": self.epochs}
+        state = {**{k: getattr(self, k) for k in self.FIELDS}, "epochs": self.epochs}
+        return {**state, "started_from": self.started_from} if self.started_from else state
 
     def differences(self, stored: dict) -> list[str]:
         """Readable ``field: stored -> this run`` lines for every identity field that differs."""

@@ -31,7 +31,7 @@ __all__ = [
     "EndOfRunValidation",
     "data_supplied",
     "monai_label_data_source",
-    "require_validation_items",
+    "session_split",
     "not_for_monai_label",
     "log_loaded_checkpoints",
 ]
@@ -62,16 +62,43 @@ def monai_label_data_source(items) -> str:
     return "monailabel:" + (os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]))
 
 
-def require_validation_items(items, monai_label: bool) -> None:
-    """Under MONAI Label, stop before training when its request gave no validation images (``val_split`` 0 sends an
-    empty list, a negative one would mean the bundle's own validation list, the synthetic default): the served
-    ``model.pt`` is replaced only by a model that validates better, which needs the session's own validation data."""
-    if monai_label and not items:
-        raise ValueError(
-            "validate#dataset#data is empty: MONAI Label's /train request gave no validation images. Send val_split > 0 "
-            "(e.g. 0.2): unetr_segmentation replaces the served models/model.pt only with a model that scores better "
-            "on the session's own validation images"
+def session_split(train_items, validation_items, monai_label: bool) -> dict:
+    """The training and validation items of a run: ``{"train": ..., "validate": ...}``, as given, except under
+    MONAI Label when its request gave no validation images. MONAI Label splits its labelled volumes by the request's
+    ``val_split`` with MONAI's ``partition_dataset``, which leaves none for validation with 1-2 volumes at the
+    default 0.2 (and with any number at 0); the served ``models/model.pt`` is replaced only by a model that validates
+    better on the session's own images, so a session needs one. Then the last training volume is held out for
+    validation (logged, naming it) when 2 or more were sent; with 1, the run stops before training, saying so (MONAI
+    Label puts the last lines of a failed ``/train`` into the task's ``details``, which its clients show).
+    A negative ``val_split`` (MONAI Label: "the bundle's own validation list", here the synthetic default, never read
+    in a session) also stops. Outside MONAI Label, and when the request gave validation images, the items are
+    returned unchanged."""
+    from ..errors import InputError
+
+    if not monai_label:
+        return {"train": train_items, "validate": validation_items}
+    if not data_supplied(validation_items):
+        raise InputError(
+            "MONAI Label's /train request asked for the bundle's own validation list (val_split < 0): "
+            "unetr_segmentation validates a session on the session's own labelled volumes. Send val_split >= 0 "
+            "(0.2, MONAI Label's default; with 1-2 volumes one is held out)"
         )
+    train, validate = list(train_items or []), list(validation_items or [])
+    if validate:
+        return {"train": train, "validate": validate}
+    if len(train) < 2:
+        raise InputError(
+            f"MONAI Label sent {len(train)} labelled volume(s) and no validation volume: label at least 2 volumes "
+            "before /train (unetr_segmentation validates on one of them and replaces the served models/model.pt "
+            "only with a model that scores better there)"
+        )
+    held = train.pop()
+    name = held.get("image") if isinstance(held, dict) else held
+    logger.warning(
+        f"MONAI Label's /train request gave no validation volume (its val_split leaves none of {len(train) + 1} "
+        f"labelled volumes): holding out {name} for validation; training on the other {len(train)}"
+    )
+    return {"train": train, "validate": [held]}
 
 
 class ServedModelBaseline:
@@ -189,11 +216,13 @@ def not_for_monai_label(use_click, config_chain) -> None:
     )
 
 
-def log_loaded_checkpoints(handlers) -> list:
+def log_loaded_checkpoints(handlers, identity=None) -> list:
     """The trainer's handler list, as it is, after logging each plain MONAI ``CheckpointLoader`` in it: the weights it
     loads when training starts replace the initialisation logged while the network was built (``pretrained_ckpt``).
     MONAI Label adds one for its ``pretrained: true`` (the served ``models/model.pt``), so a session whose network was
-    built "from RANDOM weights" or from an encoder says what it really starts from. A resume is logged by
+    built "from RANDOM weights" or from an encoder says what it really starts from, and so does its run record:
+    ``identity`` (the run's :class:`~medmae_ext.training.resume.RunIdentity`) gets it as ``started_from``, which the
+    checkpoints and ``models/metadata.json`` carry beside ``init``. A resume is logged by
     :class:`~medmae_ext.training.checkpoints.ResumeCheckpointLoader` itself."""
     from monai.handlers import CheckpointLoader
 
@@ -202,10 +231,13 @@ def log_loaded_checkpoints(handlers) -> list:
     handlers = list(handlers or [])
     for h in handlers:
         if isinstance(h, CheckpointLoader) and not isinstance(h, ResumeCheckpointLoader):
+            path = os.path.abspath(str(h.load_path))
             keys = ", ".join(sorted(getattr(h, "load_dict", {}) or {}))
             logger.warning(
-                f"initialisation: training starts from {os.path.abspath(str(h.load_path))} ({keys}), loaded by a "
+                f"initialisation: training starts from {path} ({keys}), loaded by a "
                 "CheckpointLoader in the trainer's handlers (MONAI Label: the served model, its 'pretrained' option); "
                 "it replaces the initialisation logged above"
             )
+            if identity is not None:
+                identity.started_from = path
     return handlers
