@@ -12,6 +12,8 @@ by the seed; ``data_kwargs {"select_frac": ...}`` of the bundles):
    * ``mae`` -- the mae_pretrain encoder, layer decay 0.75;
    * ``msmae`` -- the msmae_pretrain encoder, all tokens, layer decay 0.75;
    * ``msmae_masked`` -- the msmae_pretrain encoder with MSMAE masked fine-tuning, layer decay 0.75;
+   * ``cnn`` -- MONAI's ResNet-18 from scratch (``architecture resnet18``): the anchor the MedMNIST v2 baselines
+     use, at the same input, epochs, batch, optimiser, lr, schedule and augmentation;
 
 3. keep each arm's checkpoint with the best AUC on the *selection* split and score it with ``evaluate.json`` on
    ``--eval_split`` of the reader without the carve (for the shared PneumoniaMNIST copy: its official validation
@@ -41,6 +43,7 @@ ARMS = {
     "mae": ("MAE", "mae_pretrain encoder, layer decay 0.75"),
     "msmae": ("MSMAE", "msmae_pretrain encoder, all tokens, layer decay 0.75"),
     "msmae_masked": ("MSMAE + masked fine-tune", "msmae_pretrain encoder, MSMAE token dropping, layer decay 0.75"),
+    "cnn": ("ResNet-18 (CNN anchor)", "MONAI ResNet-18 from scratch, the same input, data, schedule and optimiser"),
 }
 
 
@@ -164,7 +167,7 @@ def plot(results: dict, setup: dict, path: str) -> str:
 def main(data_format: str = "datalist", data_path: str | None = None, class_names=None, img_size=(64, 64),
          patch_size=(8, 8), seeds=(0, 1, 2), pretrain_epochs: int = 10, epochs: int = 8, batch_size: int = 64,
          attention_start_epoch: int = 4, eval_split: str = "validation", select_frac: float = 0.1,
-         class_weighting: str = "none", balanced_sampling: bool = False, arms: str = "scratch,mae,msmae,msmae_masked",
+         class_weighting: str = "none", balanced_sampling: bool = False, arms: str = "scratch,mae,msmae,msmae_masked,cnn",
          work_dir: str = "runs/compare_cls", num_workers: int = 0, num_threads: int = 0, max_items: int | None = None,
          reuse_pretraining: bool = False, pretrain_dir: str | None = None, report_only: bool = False,
          pooling: str | None = None):
@@ -223,6 +226,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
             "mae": dict(pretrained_ckpt=os.path.join(mae, "models", "model.pt")),
             "msmae": dict(pretrained_ckpt=os.path.join(msmae, "models", "model.pt")),
             "msmae_masked": dict(pretrained_ckpt=os.path.join(msmae, "models", "model.pt"), msmae_finetune=True),
+            "cnn": dict(pretrained_ckpt="scratch", architecture="resnet18", **sizes),
         }
         for key in arm_keys:
             arm_root = os.path.join(root, key)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, bundle_config, captured_warnings, exception_chain, initial_weights, run_bundle
+from conftest import REPO, bundle_config, captured_warnings, exception_chain, initial_weights, raised, run_bundle
 from PIL import Image
 from medmae_ext.errors import InputError
 
@@ -259,3 +259,28 @@ def test_msmae_finetune_warns_when_few_tokens_are_kept(tmp_path):
     with captured_warnings("medmae_ext.bundle.checks") as said:
         assert p.get_parsed_content(f"checks#{i}") == 12
     assert said and "keeps 12 of 49 tokens" in said[0]
+
+
+def test_cnn_anchor_trains_and_its_record_builds_it_for_evaluation_and_inference(tmp_path, synth2d, mae_ckpt):
+    """architecture resnet18 (the comparison's CNN anchor): MONAI's ResNet-18 with a small-input stem, from scratch;
+    the record says so and evaluation / inference build a ResNet without the flag. An encoder cannot go into it."""
+    from monai.networks.nets import ResNet
+
+    root = tmp_path / "cnn"
+    wf = run_bundle(B, "train.json", bundle_root=str(root), dataset_dir=synth2d, pretrained_ckpt="scratch",
+                    architecture="resnet18", **FAST)
+    net = wf.parser.get_parsed_content("network")
+    assert isinstance(net, ResNet) and net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    settings = json.load(open(root / "models" / "metadata.json"))["medmae_run"]["settings"]
+    assert settings["architecture"] == "resnet18"
+    run_bundle(B, "evaluate.json", "evaluating", bundle_root=str(root), dataset_dir=synth2d, split="validation",
+               num_workers=0, bootstrap=0)
+    assert json.load(open(root / "eval" / "validation" / "metrics.json"))["num_samples"] > 0
+    run_bundle(B, "inference.json", run_id="run", bundle_root=str(root), input_dir=os.path.join(synth2d, "images"),
+               num_workers=0)
+    assert len(open(root / "eval" / "predictions.csv").read().splitlines()) == 61
+    with pytest.raises(Exception) as info:
+        run_bundle(B, "train.json", bundle_root=str(tmp_path / "bad"), dataset_dir=synth2d, pretrained_ckpt=mae_ckpt,
+                   architecture="resnet18", **FAST)
+    assert "ResNet has no ViT encoder to load the pretrained encoder" in raised(info, InputError)
+    assert not os.path.exists(tmp_path / "bad" / "models" / "model.pt")

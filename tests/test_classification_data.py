@@ -163,7 +163,8 @@ def test_medmnist_npz_has_the_orientation_of_the_png_loader(tmp_path):
     from_npz = load_medmnist_npz(str(tmp_path / "x.npz"), "training")[1]["image"]
     from_png = np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "x1.png")))
     assert from_npz.shape == from_png.shape == (1, 20, 28)
-    np.testing.assert_allclose(from_npz, from_png / 255.0)
+    np.testing.assert_array_equal(from_npz, from_png)  # the same pixel values: one intensity step for both
+    assert from_npz.dtype == np.uint8
 
 
 def test_check_labels_names_the_item_and_the_fix():

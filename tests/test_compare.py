@@ -32,7 +32,7 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     main_table = md.split("\n\nPaired by seed")[0]
     rows = [ln for ln in main_table.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
     assert [r.split("|")[1].strip() for r in rows] == [
-        "scratch (no layer decay)", "MAE", "MSMAE", "MSMAE + masked fine-tune"]
+        "scratch (no layer decay)", "MAE", "MSMAE", "MSMAE + masked fine-tune", "ResNet-18 (CNN anchor)"]
     res = json.load(open(work / "results.json"))
     for runs in res["results"].values():
         (run,) = runs
@@ -46,6 +46,9 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
         return {round(g["lr"], 12) for g in torch.load(ckpt, weights_only=False)["optimizer"]["param_groups"]}
 
     assert len(lrs("scratch")) == 1 and len(lrs("mae")) > 3 and len(lrs("msmae_masked")) > 3
+    # the CNN anchor: a ResNet-18, recorded as such, at the same input size, one lr (no encoder, no layer decay)
+    record = json.load(open(work / "seed0" / "cnn" / "models" / "metadata.json"))["medmae_run"]["settings"]
+    assert record["architecture"] == "resnet18" and record["img_size"] == [28, 28] and len(lrs("cnn")) == 1
     # the encoders stay pretraining checkpoints after every arm ran (no arm fine-tunes into a pretraining folder)
     for b in ("mae", "msmae"):
         assert "decoder_pred.weight" in torch.load(work / "seed0" / "pretrain" / b / "models" / "model.pt",

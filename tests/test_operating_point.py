@@ -51,6 +51,26 @@ def test_prior_shift_by_bayes_rule_and_what_it_changes():
     assert Decision(0.5, (0.5, 0.2))(prob).argmax(1).tolist() == Decision(0.5)(prob).argmax(1).tolist() == [0, 1, 1]
 
 
+def test_temperature_fitted_to_an_overconfident_model_is_its_overconfidence():
+    """Labels drawn from sigmoid(z), the model reports sigmoid(3 z): the fitted temperature is 3, and the rescaled
+    probabilities are calibrated again (ECE falls to sampling noise); decisions do not change."""
+    from medmae_ext.outputs.operating_point import Decision, fit_temperature
+    from medmae_ext.outputs.statistics import calibration
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, generator=g, dtype=torch.float64) * 2
+    y = (torch.rand(20000, generator=g, dtype=torch.float64) < torch.sigmoid(z)).long()
+    p1 = torch.sigmoid(3 * z)
+    prob = torch.stack([1 - p1, p1], 1)
+    t = fit_temperature(prob, y)
+    assert t == pytest.approx(3.0, rel=0.05)
+    onehot = torch.nn.functional.one_hot(y, 2).double()
+    fixed = Decision(temperature=t).probabilities(prob)
+    assert calibration(prob, onehot, ["a", "b"])["ece"] > 0.08 > 0.01 > calibration(fixed, onehot, ["a", "b"])["ece"]
+    assert torch.equal(Decision(temperature=t)(prob), Decision()(prob))
+    assert torch.equal(Decision(0.7, temperature=t)(prob), Decision(0.7)(prob))
+
+
 def test_rules_are_checked_with_the_config_id():
     from medmae_ext.errors import InputError
     from medmae_ext.outputs.operating_point import from_record, parse_rule
@@ -90,12 +110,13 @@ def test_operating_point_travels_from_validation_to_evaluation_and_inference(tmp
     root = tmp_path / "run"
     common = dict(data_format="medmnist", data_path=data, class_names=["normal", "pneumonia"], num_workers=0)
     run_bundle("vit_classification", "train.json", bundle_root=str(root), epochs=2, val_interval=1, batch_size=16,
-               warmup_epochs=0, pretrained_ckpt="scratch", operating_point="sensitivity:0.75", **common)
+               warmup_epochs=0, pretrained_ckpt="scratch", operating_point="sensitivity:0.75",
+               temperature_scaling=True, **common)
     meta = json.load(open(root / "models" / "metadata.json"))["medmae_run"]
     point = meta["operating_point"]
     assert point["rule"] == "sensitivity:0.75" and point["positive_class"] == "pneumonia"
     assert point["epoch"] == meta["best_metric"]["epoch"] and point["prevalence"] == pytest.approx(0.25)
-    assert point["sensitivity"] >= 0.75 and 0 <= point["threshold"] <= 1
+    assert point["sensitivity"] >= 0.75 and 0 <= point["threshold"] <= 1 and 0.05 < point["temperature"] < 20
     # the checkpoint carries it too (a resumed run keeps the point of its model.pt)
     ck = torch.load(root / "models" / "checkpoint_2.pt", weights_only=True)
     assert ck["best_model"]["operating_point"] == point
@@ -105,10 +126,16 @@ def test_operating_point_travels_from_validation_to_evaluation_and_inference(tmp
                **{k: v for k, v in common.items() if k != "class_names"})
     out = root / "eval" / "validation"
     metrics = json.load(open(out / "metrics.json"))
-    assert metrics["operating_point"] == {"threshold": point["threshold"], "prior_shift": None}
+    assert metrics["operating_point"] == {"threshold": point["threshold"], "prior_shift": None,
+                                          "temperature": point["temperature"]}
     rows = list(csv.DictReader(open(out / "predictions.csv")))
-    assert rows and all(r["predicted"] == ("pneumonia" if float(r["p_pneumonia"]) >= point["threshold"] - 1e-6
-                                           else "normal") for r in rows)
+    # the written probabilities are the temperature-scaled ones; the threshold is on the model's own, so map it
+    from medmae_ext.outputs.operating_point import with_temperature
+
+    cut = float(with_temperature(torch.tensor([[1 - point["threshold"], point["threshold"]]], dtype=torch.float64),
+                                 point["temperature"])[0, 1])
+    assert rows and all(r["predicted"] == ("pneumonia" if float(r["p_pneumonia"]) >= cut - 1e-5 else "normal")
+                        for r in rows)
     called = sum(r["predicted"] == "pneumonia" and r["label"] == "pneumonia" for r in rows)
     assert called / sum(r["label"] == "pneumonia" for r in rows) == pytest.approx(metrics["per_class"]["pneumonia"]["recall"])
     assert (out / "reliability.png").is_file() and len(metrics["calibration"]["reliability"]) == 10
@@ -134,7 +161,7 @@ def test_operating_point_travels_from_validation_to_evaluation_and_inference(tmp
     run_bundle("vit_classification", "inference.json", "run", bundle_root=str(root), input_dir=str(images),
                output_dir=str(root / "infer"), num_workers=0)
     inferred = list(csv.DictReader(open(root / "infer" / "predictions.csv")))
-    assert len(inferred) == 8 and all(r["predicted"] == ("pneumonia" if float(r["pneumonia"]) >= point["threshold"] - 1e-6
+    assert len(inferred) == 8 and all(r["predicted"] == ("pneumonia" if float(r["pneumonia"]) >= cut - 1e-5
                                                          else "normal") for r in inferred)
 
 

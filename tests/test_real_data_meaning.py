@@ -72,7 +72,7 @@ def test_same_pixels_same_prediction_whichever_reader(tmp_path, npz):
 
     net = run_bundle(B, "inference.json", run_id="initialize", **common).parser.get_parsed_content("network")
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
-    x = torch.as_tensor(np.stack([i["image"] for i in load_medmnist_npz(str(npz / "toy.npz"), "validation")]))
+    x = torch.as_tensor(np.stack([i["image"] for i in load_medmnist_npz(str(npz / "toy.npz"), "validation")])) / 255.0
     with torch.no_grad():
         assert not torch.allclose(net(x).softmax(1), net(x.transpose(-1, -2)).softmax(1), atol=1e-3)
 
@@ -110,7 +110,7 @@ def test_shared_pneumoniamnist_reads_as_two_classes_in_png_orientation(tmp_path)
     raw = np.load(PNEUMONIA)["train_images"][7]
     png = str(tmp_path / "x.png")
     Image.fromarray(raw).save(png)
-    np.testing.assert_allclose(items[7]["image"], np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(png)) / 255.0)
+    np.testing.assert_array_equal(items[7]["image"], np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(png)))
 
 
 def test_segmentation_bundle_refuses_a_format_without_masks(tmp_path, npz):

@@ -143,9 +143,10 @@ _MEDMNIST_SPLITS = {"training": "train", "train": "train", "validation": "val", 
 
 
 def load_medmnist_npz(path: str, split: str = "training", max_items: int | None = None) -> list[dict]:
-    """Items ``{"image": float32 channel-first array in [0, 1], "label": int or float vector, "id"}`` from a
-    MedMNIST ``.npz`` (``{split}_images`` uint8 ``[N, H, W]``, ``[N, H, W, 3]`` or ``[N, D, H, W]``;
-    ``{split}_labels`` ``[N, 1]`` or multi-label ``[N, K]``).
+    """Items ``{"image": channel-first array as stored, "label": int or float vector, "id"}`` from a MedMNIST ``.npz``
+    (``{split}_images`` uint8 ``[N, H, W]``, ``[N, H, W, 3]`` or ``[N, D, H, W]``; ``{split}_labels`` ``[N, 1]`` or
+    multi-label ``[N, K]``). Each image is a view into the file's one array, in its own dtype (uint8: 1 byte a pixel,
+    no float copy per item); the bundles' intensity step scales it, exactly as it scales a PNG of the same pixels.
 
     Orientation: the spatial axes are reversed into MONAI's reader convention -- a 2D image becomes ``[C, W, H]``,
     exactly what ``LoadImage`` gives for a PNG of the same pixels (``PIL.Image.fromarray(images[i]).save(...)``), and a
@@ -180,13 +181,12 @@ def load_medmnist_npz(path: str, split: str = "training", max_items: int | None 
         raise DatalistError(f"{path}: {ik!r} has shape {images.shape}; expected [N, H, W(, 3)] or [N, D, H, W]")
     spatial = list(range(2, images.ndim))
     images = images.transpose([0, 1] + spatial[::-1])  # numpy row-major -> MONAI reader order (see docstring)
-    scale = 255.0 if images.dtype == np.uint8 else 1.0
     labels = labels.reshape(len(labels), -1)
     n = len(images) if not max_items else min(len(images), int(max_items))
     name = os.path.splitext(os.path.basename(path))[0]
     return [
         {
-            "image": images[i].astype(np.float32) / scale,
+            "image": images[i],
             "label": int(labels[i, 0]) if labels.shape[1] == 1 else labels[i].astype(np.float32),
             "id": f"{name}:{prefix}:{i}",
         }

@@ -1,4 +1,5 @@
 from . import masking  # noqa: F401
+from .classifiers import ARCHITECTURES, classifier
 from .features import EncoderFeatures, load_weights
 from .mae import MaskedAutoencoder
 from .patching import grid_shape, patch_weights, patchify, unpatchify
@@ -16,6 +17,8 @@ from .weights import (
 )
 
 __all__ = [
+    "classifier",
+    "ARCHITECTURES",
     "MaskedAutoencoder",
     "EncoderFeatures",
     "load_weights",

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import WeightsFileError
+from ..errors import InputError, WeightsFileError
 
 __all__ = [
     "read_state_dict",
@@ -182,6 +182,15 @@ def _grid_of(n: int, like) -> tuple[int, ...]:
     return (side,) * nd
 
 
+def _has_vit_encoder(network: nn.Module) -> bool:
+    """Whether ``network`` holds a ViT encoder (medmae's or MONAI's ViT, as in UNETR), told by module type."""
+    from monai.networks.nets import ViT
+
+    from .vit import ViTEncoder
+
+    return any(isinstance(m, (ViTEncoder, ViT)) for m in network.modules())
+
+
 def load_pretrained_encoder(
     network: nn.Module,
     ckpt_path: str,
@@ -213,6 +222,11 @@ def load_pretrained_encoder(
             f"pretrained checkpoint not found: {ckpt_path} (config id 'pretrained_ckpt': run mae_pretrain or "
             "msmae_pretrain first, point it at their models/model.pt, or pass --pretrained_ckpt scratch to train "
             "from scratch; a bare None is dropped by MONAI's command line)"
+        )
+    if not _has_vit_encoder(network):
+        raise InputError(
+            f"{type(network).__name__} has no ViT encoder to load the pretrained encoder {ckpt_path} into (config id "
+            "'architecture' other than 'vit' trains from scratch): pass --pretrained_ckpt scratch"
         )
     if target is None:
         target = "unetr" if hasattr(network, "vit") else "classifier" if hasattr(network, "encoder") else "vit"

@@ -10,6 +10,10 @@ kept in the run record, so that evaluation and inference decide as the trained m
   epoch and keeps the one of the best epoch, the epoch whose ``model.pt`` is kept. It is stored with the best-model
   state in every checkpoint (a resumed run keeps it) and written to the run record as ``operating_point``, with the
   validation split's prevalence of the positive class.
+* ``temperature_scaling`` (a training config id, off by default): the chooser also fits a temperature ``T`` on those
+  validation outputs (minimum negative log-likelihood of ``softmax(log p / T)``, Guo et al. 2017) and records it;
+  evaluation and inference then report ``softmax(log p / T)``. It changes the probabilities and their calibration,
+  never a decision of the model alone (argmax and the rank of the second class's probability stay).
 * :func:`from_record` gives evaluation and inference their :class:`Decision`. With ``prevalence`` (the deployment's
   positive-class frequency, stated by the user) the probabilities are corrected for the prior shift by Bayes' rule
   (the odds scaled by the ratio of the prior odds, Saerens et al. 2002) from the recorded validation prevalence; a
@@ -27,8 +31,17 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..errors import InputError
+from .statistics import as_vector
 
-__all__ = ["parse_rule", "choose_threshold", "shift_prior", "Decision", "OperatingPointChooser", "from_record"]
+__all__ = [
+    "parse_rule",
+    "choose_threshold",
+    "fit_temperature",
+    "shift_prior",
+    "Decision",
+    "OperatingPointChooser",
+    "from_record",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +93,27 @@ def choose_threshold(score: torch.Tensor, positive: torch.Tensor, kind: str, tar
     return {"threshold": best[1], "sensitivity": best[2], "specificity": best[3]}
 
 
+def fit_temperature(prob: torch.Tensor, label: torch.Tensor) -> float:
+    """The temperature ``T`` minimising the negative log-likelihood of ``softmax(log prob / T)`` for the class indices
+    ``label`` (a grid over 0.05..20, then a finer one around the best: deterministic)."""
+    logp = prob.double().clamp_min(1e-12).log()
+
+    def nll(t):
+        return float(torch.nn.functional.cross_entropy(logp / t, label.long()))
+
+    grid = torch.logspace(-1.3, 1.3, 105, dtype=torch.float64).tolist()
+    best = min(grid, key=nll)
+    fine = torch.linspace(best / 1.06, best * 1.06, 41, dtype=torch.float64).tolist()
+    return float(min(fine, key=nll))
+
+
+def with_temperature(prob: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """``softmax(log prob / temperature)`` (``prob`` itself for None or 1)."""
+    if not temperature or temperature == 1:
+        return prob
+    return torch.softmax(prob.double().clamp_min(1e-12).log() / temperature, 1).to(prob.dtype)
+
+
 def shift_prior(prob: torch.Tensor, source: float, target: float) -> torch.Tensor:
     """Two-class probabilities ``[N, 2]`` under the positive-class prior ``source``, corrected to the prior
     ``target`` (Bayes' rule: the odds times the ratio of the prior odds)."""
@@ -91,13 +125,15 @@ def shift_prior(prob: torch.Tensor, source: float, target: float) -> torch.Tenso
 class Decision:
     """Class probabilities -> the decided class as a one-hot tensor (see the module doc). ``threshold`` is on the
     second class's probability as the model gives it; ``prior`` is ``(validation prevalence, deployment
-    prevalence)`` or None."""
+    prevalence)`` or None; ``temperature`` (None: none) is applied before the prior correction."""
 
-    def __init__(self, threshold: float | None = None, prior: tuple[float, float] | None = None) -> None:
+    def __init__(self, threshold=None, prior: tuple[float, float] | None = None, temperature=None) -> None:
         self.threshold = threshold
         self.prior = prior
+        self.temperature = temperature
 
     def probabilities(self, prob: torch.Tensor) -> torch.Tensor:
+        prob = with_temperature(prob, self.temperature)
         return shift_prior(prob, *self.prior) if self.prior else prob
 
     def __call__(self, prob: torch.Tensor) -> torch.Tensor:
@@ -107,7 +143,11 @@ class Decision:
         return torch.nn.functional.one_hot((prob[:, 1] >= self.threshold).long(), 2).float()
 
     def describe(self) -> dict:
-        return {"threshold": self.threshold, "prior_shift": list(self.prior) if self.prior else None}
+        return {
+            "threshold": self.threshold,
+            "prior_shift": list(self.prior) if self.prior else None,
+            "temperature": self.temperature,
+        }
 
 
 class OperatingPointChooser:
@@ -116,8 +156,16 @@ class OperatingPointChooser:
     ``model.pt``), applies ``rule`` to them and keeps the result, :meth:`record`. Pass it to
     :class:`~medmae_ext.training.checkpoints.BestModelSaver` (``operating_point``) so that checkpoints carry it."""
 
-    def __init__(self, rule: str = "argmax", class_names=None, multi_label: bool = False, split: str = "validation"):
+    def __init__(
+        self,
+        rule: str = "argmax",
+        class_names=None,
+        multi_label: bool = False,
+        split: str = "validation",
+        temperature: bool = False,
+    ):
         self.names = list(class_names or [])
+        self.temperature = bool(temperature)
         self.kind, self.target = parse_rule(rule, self.names, multi_label)
         self.rule, self.split = str(rule), split
         self.enabled = len(self.names) == 2 and not multi_label
@@ -126,14 +174,13 @@ class OperatingPointChooser:
     def attach(self, engine: Engine) -> None:
         if self.enabled:
             engine.add_event_handler(Events.EPOCH_STARTED, lambda e: setattr(self, "_seen", []))
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+            engine.add_event_handler(
+                Events.ITERATION_COMPLETED,
+                lambda e: self._seen.extend(
+                    torch.stack([as_vector(o["pred"])[1], as_vector(o["label"])[1]]) for o in e.state.output
+                ),
+            )
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def _collect(self, engine: Engine) -> None:
-        for item in engine.state.output:
-            p = torch.as_tensor(item["pred"]).detach().float().cpu().reshape(-1)
-            y = torch.as_tensor(item["label"]).detach().float().cpu().reshape(-1)
-            self._seen.append(torch.stack([p[1], y[1]]))
 
     def __call__(self, engine: Engine) -> None:
         import ignite.distributed as idist
@@ -148,6 +195,9 @@ class OperatingPointChooser:
             point.update(choose_threshold(score, positive, self.kind, self.target) if self.kind != "argmax" else {})
         except ValueError as e:
             logger.warning(f"operating point {self.rule!r} not chosen at epoch {engine.state.epoch}: {e}; argmax")
+        if self.temperature:
+            point["temperature"] = fit_temperature(torch.stack([1 - score, score], 1), positive)
+            logger.info(f"temperature scaling: T = {point['temperature']:.3f} (fitted on {self.split})")
         self.chosen = point
         if "threshold" in point:
             logger.info(
@@ -166,9 +216,9 @@ def from_record(record, class_names=None, prevalence=None, config_id: str = "pre
     """The :class:`Decision` of the weights whose run record is ``record`` (None: argmax, no prior correction), with
     the prior corrected to ``prevalence`` (the deployment's frequency of the second class) when given."""
     point = (record or {}).get("operating_point") or {}
-    threshold = point.get("threshold")
+    threshold, temperature = point.get("threshold"), point.get("temperature")
     if prevalence is None:
-        return Decision(threshold)
+        return Decision(threshold, None, temperature)
     p = float(prevalence)
     if not 0 < p < 1 or len(list(class_names or [])) != 2:
         raise InputError(
@@ -182,7 +232,8 @@ def from_record(record, class_names=None, prevalence=None, config_id: str = "pre
             f"('operating_point' in {(record or {}).get('path', 'models/metadata.json')}); these weights have none: "
             "train them with this medmae version"
         )
+    decision = Decision(threshold, (float(source), p), temperature)
     if threshold is not None:
-        moved = shift_prior(torch.tensor([[1 - threshold, threshold]], dtype=torch.float64), source, p)
+        moved = decision.probabilities(torch.tensor([[1 - threshold, threshold]], dtype=torch.float64))
         logger.info(f"prevalence {source:.3f} -> {p:.3f}: threshold {threshold:.4f} is {float(moved[0, 1]):.4f}")
-    return Decision(threshold, (float(source), p))
+    return decision

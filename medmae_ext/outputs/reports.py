@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from .charts import confusion_matrix_png, reliability_png
-from .statistics import bootstrap_ci95, calibration, decisions, scores
+from .statistics import as_vector, bootstrap_ci95, calibration, decisions, scores
 
 __all__ = ["ClassificationReport", "ProbabilityCSVSaver", "read_history"]
 
@@ -94,8 +94,8 @@ class ClassificationReport:
         batch = getattr(engine.state, "batch", None)
         batch = batch if isinstance(batch, list) and len(batch) == len(engine.state.output) else None
         for i, item in enumerate(engine.state.output):
-            self._pred.append(torch.as_tensor(item["pred"]).detach().float().cpu().reshape(-1))
-            self._label.append(torch.as_tensor(item["label"]).detach().float().cpu().reshape(-1))
+            self._pred.append(as_vector(item["pred"]))
+            self._label.append(as_vector(item["label"]))
             source = batch[i] if batch is not None and isinstance(batch[i], dict) else item
             meta = getattr(source.get("image"), "meta", None) or {}
             self._ids.append(str(source.get("id", meta.get("filename_or_obj", len(self._ids)))))
@@ -260,7 +260,7 @@ class ProbabilityCSVSaver:
 
     def _collect(self, engine: Engine) -> None:
         for item in engine.state.output:
-            prob = torch.as_tensor(item["pred"]).detach().float().cpu().reshape(-1)
+            prob = as_vector(item["pred"])
             if len(prob) != len(self.class_names):
                 raise ValueError(f"network gives {len(prob)} outputs but {len(self.class_names)} class_names are set")
             meta = getattr(item.get("image"), "meta", {}) or {}

@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["decisions", "scores", "bootstrap_ci95", "calibration"]
+__all__ = ["as_vector", "decisions", "scores", "bootstrap_ci95", "calibration"]
+
+
+def as_vector(value) -> torch.Tensor:
+    """One sample's output (``pred`` or ``label`` of a decollated engine output) as a flat float tensor on the CPU."""
+    return torch.as_tensor(value).detach().float().cpu().reshape(-1)
 
 
 def decisions(prob: torch.Tensor, multi_label: bool = False, threshold: float = 0.5, decide=None) -> torch.Tensor:
