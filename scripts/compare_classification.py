@@ -92,6 +92,36 @@ def paired(results: dict, metric: str, base: str = "scratch") -> list[str]:
     return rows
 
 
+def _correct(path: str) -> dict:
+    """id -> whether the decision was right, from an evaluation's predictions.csv."""
+    import csv
+
+    with open(path, newline="") as f:
+        return {r["id"]: r["predicted"] == r["label"] for r in csv.DictReader(f)}
+
+
+def mcnemar_rows(results: dict, base: str) -> list[str]:
+    """Per seed, on the same evaluation samples: how many only the arm / only ``base`` got right, and the exact
+    McNemar p-value (arms without ``predictions.csv`` are left out)."""
+    from medmae_ext.outputs.statistics import mcnemar
+
+    ref = {r["seed"]: r.get("predictions") for r in results.get(base, []) if "seed" in r}
+    rows = []
+    for key, runs in results.items():
+        cells = []
+        for r in runs if key != base else ():
+            mine, theirs = r.get("predictions"), ref.get(r.get("seed"))
+            if not (mine and theirs and os.path.isfile(mine) and os.path.isfile(theirs)):
+                continue
+            a, b = _correct(mine), _correct(theirs)
+            ids = sorted(set(a) & set(b))
+            only_a, only_b, p = mcnemar([a[i] for i in ids], [b[i] for i in ids])
+            cells.append(f"seed {r['seed']}: {only_a} / {only_b}, p {p:.2g}")
+        if cells:
+            rows.append(f"| {ARMS[key][0]} vs {ARMS[base][0]} | " + "; ".join(cells) + " |")
+    return rows
+
+
 def table(results: dict, setup: dict) -> str:
     """The Markdown report: a header saying what was compared and how, then one row per arm."""
     names = setup["class_names"]
@@ -100,7 +130,8 @@ def table(results: dict, setup: dict) -> str:
         f"{setup['selection']}); pretraining {setup['pretrain_epochs']} epochs, fine-tuning {setup['epochs']} epochs, "
         f"batch {setup['batch_size']}, class_weighting `{setup['class_weighting']}`, balanced_sampling "
         f"`{setup['balanced_sampling']}`; encoders pretrained in `{setup['pretrained_in']}`; seeds {setup['seeds']}: "
-        "mean ± sd (AUC and accuracy: 95% t-interval of the mean over seeds) [per seed].",
+        "mean ± sd (AUC and accuracy: 95% t-interval of the mean over seeds) [per seed]."
+        + (f" Fine-tuning options: {setup['finetune']}." if setup.get("finetune") else ""),
         "",
         "| arm | initialisation | AUC | accuracy | macro F1 | " + " | ".join(f"recall {n}" for n in names)
         + " | best epoch | fine-tune time |",
@@ -115,11 +146,17 @@ def table(results: dict, setup: dict) -> str:
             f"{_cell([r['macro_f1'] for r in runs])} | " + " | ".join(recalls)
             + f" | {' / '.join(str(r['best_epoch']) for r in runs)} | {statistics.mean(r['time'] for r in runs):.0f} s |"
         )
-    for metric, name in (("mean_auc", "AUC"), ("accuracy", "accuracy")):
-        rows = paired(results, metric)
+    for base in ("scratch", "cnn"):  # against the ViT from scratch, and against the CNN anchor
+        for metric, name in (("mean_auc", "AUC"), ("accuracy", "accuracy")):
+            rows = paired(results, metric, base)
+            if rows:
+                lines += ["", f"Paired by seed, {name}: arm minus {ARMS[base][0]}", "",
+                          "| arms | mean difference | 95% CI over seeds | per seed |", "| --- | --- | --- | --- |",
+                          *rows]
+        rows = mcnemar_rows(results, base)
         if rows:
-            lines += ["", f"Paired by seed, {name}: arm minus scratch", "",
-                      "| arms | mean difference | 95% CI over seeds | per seed |", "| --- | --- | --- | --- |", *rows]
+            lines += ["", f"McNemar, the same {setup['eval_split']} images per seed: right only by the arm / only by "
+                      f"{ARMS[base][0]}, exact p", "", "| arms | per seed |", "| --- | --- |", *rows]
     return "\n".join(lines) + "\n"
 
 
@@ -170,7 +207,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
          class_weighting: str = "none", balanced_sampling: bool = False, arms: str = "scratch,mae,msmae,msmae_masked,cnn",
          work_dir: str = "runs/compare_cls", num_workers: int = 0, num_threads: int = 0, max_items: int | None = None,
          reuse_pretraining: bool = False, pretrain_dir: str | None = None, report_only: bool = False,
-         pooling: str | None = None):
+         pooling: str | None = None, reevaluate: bool = False, finetune: dict | None = None):
     """``select_frac 0`` selects the checkpoint on ``eval_split`` itself (optimistic for every arm; the table says so).
     ``reuse_pretraining``: keep a seed's pretrained ``models/model.pt`` already under ``work_dir`` (a rerun that only
     changes the fine-tuning). ``max_items`` keeps the first items of every split (quick checks). Each arm's numbers
@@ -178,9 +215,12 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
     from those (seeds run by separate processes into one ``work_dir``) without training. ``pretrain_dir``: take (and
     with ``reuse_pretraining`` keep) the pretrained encoders from ``<pretrain_dir>/seed<N>/pretrain/{mae,msmae}`` instead of
     ``work_dir``, e.g. to fine-tune with other options on the same encoders. ``pooling``: the classifier's config id
-    ``pooling`` for every arm ("cls" or "mean"; default: the bundle's). Sizes (``img_size``, ``patch_size``) are given
+    ``pooling`` for every arm ("cls" or "mean"; default: the bundle's). ``finetune``: more vit_classification config
+    ids for every arm's fine-tuning, e.g. ``"{'label_smoothing': 0.1}"`` (a recipe option measured on the same
+    encoders with ``--pretrain_dir``). Sizes (``img_size``, ``patch_size``) are given
     to the pretraining runs and the scratch arm only: the other arms and every evaluation read them from the run
-    records."""
+    records. ``reevaluate`` (with ``report_only``): score each arm's kept checkpoint again with the current
+    ``evaluate.json`` first (no training), e.g. for the per-sample predictions of runs made before they existed."""
     from medmae_ext.outputs.reports import read_history
 
     arm_keys = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms)]
@@ -196,6 +236,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
         common["data_path"] = os.path.abspath(data_path)
     cls = {"class_names": list(class_names)} if class_names else {}
     head = {"pooling": pooling} if pooling else {}
+    head.update(dict(finetune or {}))
     need_mae, need_msmae = "mae" in arm_keys, any(a.startswith("msmae") for a in arm_keys)
     results: dict[str, list[dict]] = {}
     for seed in seeds if not report_only else ():
@@ -237,6 +278,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
             ev["data_kwargs"] = base_kwargs
             run("vit_classification", "evaluate.json", "evaluating", bundle_root=arm_root, split=eval_split, **ev)
             m = json.load(open(os.path.join(arm_root, "eval", eval_split, "metrics.json")))
+            m["predictions"] = os.path.join(arm_root, "eval", eval_split, "predictions.csv")
             chosen_on = "selection" if select_frac else "validation"
             history = read_history(os.path.join(arm_root, "eval", chosen_on, "history.csv"))
             m.update(seed=seed, time=t, history=history, best_epoch=max(history, key=lambda h: h["mean_auc"])["epoch"])
@@ -250,10 +292,20 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
                 path = os.path.join(work_dir, f"seed{seed}", key, "compare_result.json")
                 if not os.path.isfile(path):
                     raise SystemExit(f"--report_only: {path} is missing (run that seed first)")
-                results.setdefault(key, []).append({"seed": seed, **json.load(open(path))})
+                stored = json.load(open(path))
+                if reevaluate:
+                    arm_root = os.path.dirname(os.path.abspath(path))
+                    ev = {**common, "data_kwargs": base_kwargs}
+                    run("vit_classification", "evaluate.json", "evaluating", bundle_root=arm_root, split=eval_split,
+                        **ev)
+                    stored.update(json.load(open(os.path.join(arm_root, "eval", eval_split, "metrics.json"))))
+                    stored["predictions"] = os.path.join(arm_root, "eval", eval_split, "predictions.csv")
+                    json.dump(stored, open(path, "w"), indent=1)
+                results.setdefault(key, []).append({"seed": seed, **stored})
     setup = {"eval_split": eval_split, "pretrain_epochs": pretrain_epochs, "epochs": epochs, "batch_size": batch_size,
              "class_weighting": class_weighting, "balanced_sampling": balanced_sampling, "seeds": seeds,
              "pretrained_in": os.path.abspath(pretrain_dir or work_dir), "select_frac": select_frac,
+             "finetune": {**head} or None,
              "class_names": list(next(iter(results.values()))[0]["per_class"]),
              "selection": f"a {select_frac:g} label-stratified cut of the training split" if select_frac
              else f"`{eval_split}` itself (optimistic: the same split selects and scores)"}

@@ -284,3 +284,17 @@ def test_cnn_anchor_trains_and_its_record_builds_it_for_evaluation_and_inference
                    architecture="resnet18", **FAST)
     assert "ResNet has no ViT encoder to load the pretrained encoder" in raised(info, InputError)
     assert not os.path.exists(tmp_path / "bad" / "models" / "model.pt")
+
+
+def test_label_smoothing_is_a_config_option(tmp_path, synth2d):
+    wf = run_bundle(B, "train.json", run_id="initialize", bundle_root=str(tmp_path), dataset_dir=synth2d,
+                    pretrained_ckpt="scratch", label_smoothing=0.1, num_workers=0)
+    loss = wf.parser.get_parsed_content("loss")
+    assert isinstance(loss, torch.nn.CrossEntropyLoss) and loss.label_smoothing == 0.1
+    # a smoothed target: the loss of a perfect, confident prediction is no longer ~0
+    logits = torch.tensor([[20.0, -20.0, -20.0]])
+    assert float(loss(logits, torch.tensor([0]))) > 0.5
+    with pytest.raises(Exception) as info:
+        run_bundle(B, "train.json", run_id="initialize", bundle_root=str(tmp_path), dataset_dir=synth2d,
+                   pretrained_ckpt="scratch", label_smoothing=1.5, num_workers=0).parser.get_parsed_content("loss")
+    assert "config id 'label_smoothing' must be in [0, 1)" in raised(info, InputError)

@@ -30,6 +30,8 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     md = open(work / "results.md").read()
     assert "checkpoint chosen on a 0.1 label-stratified cut of the training split" in md
     main_table = md.split("\n\nPaired by seed")[0]
+    assert "Paired by seed, AUC: arm minus ResNet-18 (CNN anchor)" in md  # where ViT + MAE stands against the anchor
+    assert "| MAE vs scratch (no layer decay) | seed 0: " in md  # McNemar on the same images
     rows = [ln for ln in main_table.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
     assert [r.split("|")[1].strip() for r in rows] == [
         "scratch (no layer decay)", "MAE", "MSMAE", "MSMAE + masked fine-tune", "ResNet-18 (CNN anchor)"]
@@ -59,6 +61,17 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     again = subprocess.run(["bash", "-c", cmds[0] + shrink + " --report_only True"], cwd=REPO, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and open(work / "results.md").read() == md
+    # the CNN anchor's own command (evidence.md): the anchor alone, into the same work_dir, then the table of the
+    # arms it is compared with, rebuilt from the per-arm files
+    (cnn,) = readme_commands("### CNN anchor", "docs/evidence.md")
+    r = subprocess.run(["bash", "-c", cnn + shrink], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = subprocess.run(["bash", "-c", cnn + shrink + " --arms scratch,mae,cnn --report_only True"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = [ln.split("|")[1].strip() for ln in open(work / "results.md").read().split("\n\nPaired")[0].splitlines()
+            if ln.startswith("| ") and "---" not in ln][1:]
+    assert rows == ["scratch (no layer decay)", "MAE", "ResNet-18 (CNN anchor)"]
     # the MSMAE diagnosis of the README, on this run's fine-tuned models and MSMAE encoder (fire: last value wins)
     (diag,) = readme_commands("### Why MSMAE masked fine-tuning trails", "docs/evidence.md")
     roots = [str(work / "seed0" / a) for a in ("msmae_masked", "msmae")]
@@ -93,3 +106,14 @@ def test_comparison_reports_intervals_over_seeds_and_paired_differences():
     # paired by seed, not by position: +0.10 on every seed, so the interval has no width
     assert row.startswith("| MAE - scratch (no layer decay) | +0.100 | +0.100..+0.100 |")
     assert row.endswith("+0.100 / +0.100 / +0.100 |")
+
+
+def test_mcnemar_on_decisions_whose_answer_is_known():
+    from medmae_ext.outputs.statistics import mcnemar
+
+    a = [True] * 8 + [True] * 5 + [False] * 3
+    b = [False] * 8 + [True] * 5 + [False] * 3
+    assert mcnemar(a, b) == (8, 0, pytest.approx(2 * 0.5 ** 8))  # 8 discordant pairs, all one way
+    assert mcnemar(b, a)[:2] == (0, 8) and mcnemar(a, a) == (0, 0, 1.0)
+    only_a, only_b, p = mcnemar([True, False] * 10, [False, True] * 10)
+    assert (only_a, only_b) == (10, 10) and p == pytest.approx(1.0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_vector", "decisions", "scores", "bootstrap_ci95", "calibration"]
+__all__ = ["as_vector", "decisions", "scores", "bootstrap_ci95", "calibration", "mcnemar"]
 
 
 def as_vector(value) -> torch.Tensor:
@@ -90,3 +90,16 @@ def calibration(prob: torch.Tensor, y: torch.Tensor, names, bins: int = 10) -> d
         "mean_probability": {n: float(prob[:, k].mean()) for k, n in enumerate(names)},
         "observed_frequency": {n: float(y[:, k].mean()) for k, n in enumerate(names)},
     }
+
+
+def mcnemar(a_correct, b_correct) -> tuple[int, int, float]:
+    """Exact McNemar test of two classifiers on the same samples: ``(b, c, p)`` -- the samples only A gets right, only
+    B gets right, and the two-sided p-value of ``b`` vs ``c`` under "equally often" (binomial, n = b + c)."""
+    from scipy.stats import binomtest
+
+    a, b_ = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
+    if a.shape != b_.shape:
+        raise ValueError(f"McNemar needs the same samples: {a.shape} vs {b_.shape}")
+    only_a, only_b = int((a & ~b_).sum()), int((~a & b_).sum())
+    p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return only_a, only_b, float(p)
