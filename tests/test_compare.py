@@ -91,6 +91,13 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     record = json.load(open(pooled / "seed0" / "mae" / "models" / "metadata.json"))
     assert record["medmae_run"]["settings"]["pooling"] == "mean", record["medmae_run"]["settings"]
     assert not (pooled / "seed0" / "pretrain").exists()  # the encoders came from --pretrain_dir
+    # a fine-tuning recipe option, measured the same way (label smoothing; the bundle test checks the loss it builds)
+    (smooth,) = readme_commands("### Label smoothing", "docs/evidence.md")
+    smoothed = tmp_path / "smooth"
+    r = subprocess.run(["bash", "-c", smooth + shrink.replace(str(work), str(smoothed)) + f" --pretrain_dir {work}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Fine-tuning options: {'label_smoothing': 0.1}" in open(smoothed / "results.md").read()
 
 
 
