@@ -61,17 +61,19 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     again = subprocess.run(["bash", "-c", cmds[0] + shrink + " --report_only True"], cwd=REPO, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and open(work / "results.md").read() == md
-    # the CNN anchor's own command (evidence.md): the anchor alone, into the same work_dir, then the table of the
-    # arms it is compared with, rebuilt from the per-arm files
+    # the CNN anchor's table (evidence.md): the arms it is compared with, their kept checkpoints scored again by the
+    # current evaluate.json (the same numbers: nothing trained), rebuilt from the per-arm files
     (cnn,) = readme_commands("### CNN anchor", "docs/evidence.md")
-    r = subprocess.run(["bash", "-c", cnn + shrink], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    report = subprocess.run(["bash", "-c", cnn + shrink + " --arms scratch,mae,cnn --report_only True"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr[-3000:]
-    rows = [ln.split("|")[1].strip() for ln in open(work / "results.md").read().split("\n\nPaired")[0].splitlines()
+    before = {k: res["results"][k][0]["mean_auc"] for k in ("scratch", "mae", "cnn")}
+    report = subprocess.run(["bash", "-c", cnn + shrink], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    md = open(work / "results.md").read()
+    rows = [ln.split("|")[1].strip() for ln in md.split("\n\nPaired")[0].splitlines()
             if ln.startswith("| ") and "---" not in ln][1:]
     assert rows == ["scratch (no layer decay)", "MAE", "ResNet-18 (CNN anchor)"]
+    after = json.load(open(work / "results.json"))["results"]
+    assert {k: after[k][0]["mean_auc"] for k in before} == before
+    assert "| MAE vs ResNet-18 (CNN anchor) | seed 0: " in md
     # the MSMAE diagnosis of the README, on this run's fine-tuned models and MSMAE encoder (fire: last value wins)
     (diag,) = readme_commands("### Why MSMAE masked fine-tuning trails", "docs/evidence.md")
     roots = [str(work / "seed0" / a) for a in ("msmae_masked", "msmae")]

@@ -33,15 +33,7 @@ from ignite.engine import Engine, Events
 from ..errors import InputError
 from .statistics import as_vector
 
-__all__ = [
-    "parse_rule",
-    "choose_threshold",
-    "fit_temperature",
-    "shift_prior",
-    "Decision",
-    "OperatingPointChooser",
-    "from_record",
-]
+__all__ = ["Decision", "OperatingPointChooser", "choose_threshold", "fit_temperature", "from_record", "parse_rule"]
 
 logger = logging.getLogger(__name__)
 
