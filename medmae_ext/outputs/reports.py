@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from .charts import confusion_matrix_png, reliability_png
-from .statistics import as_vector, bootstrap_ci95, calibration, decisions, scores
+from .statistics import as_vector, bootstrap_ci95, calibration, decided, scores
 
 __all__ = ["ClassificationReport", "ProbabilityCSVSaver", "read_history"]
 
@@ -106,8 +106,7 @@ class ClassificationReport:
         def classes(row):
             return ";".join(n for n, v in zip(names, row.tolist(), strict=False) if v > 0.5)
 
-        hard = decisions(prob, self.multi_label, self.threshold, self.decision)
-        prob = self.decision.probabilities(prob) if self.decision is not None else prob
+        hard, prob = decided(prob, self.multi_label, self.threshold, self.decision)
         path = os.path.join(self.output_dir, self.samples_file)
         with open(path + ".tmp", "w", newline="") as f:
             w = csv.writer(f)
@@ -141,8 +140,8 @@ class ClassificationReport:
             )
             metrics["bootstrap_resamples"] = self.bootstrap
         if not self.multi_label:
-            hard = decisions(prob, False, self.threshold, self.decision).argmax(1)
-            prob = self.decision.probabilities(prob) if self.decision is not None else prob
+            hard, prob = decided(prob, False, self.threshold, self.decision)
+            hard = hard.argmax(1)
             cm = np.zeros((c, c), np.int64)
             np.add.at(cm, (y.argmax(1).numpy(), hard.numpy()), 1)
             metrics["confusion_matrix"] = cm.tolist()
@@ -274,11 +273,10 @@ class ProbabilityCSVSaver:
         with open(path + ".tmp", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["image", *self.class_names, "predicted"])
-            for name, prob in self._rows:
-                prob = torch.tensor([prob])
-                hard = decisions(prob, decide=self.decision)
-                prob = self.decision.probabilities(prob) if self.decision is not None else prob
-                w.writerow([name, *[f"{p:.6f}" for p in prob[0].tolist()], self.class_names[int(hard[0].argmax())]])
+            if self._rows:
+                hard, prob = decided(torch.tensor([p for _, p in self._rows]), decide=self.decision)
+                for (name, _), p, h in zip(self._rows, prob.tolist(), hard.argmax(1).tolist(), strict=True):
+                    w.writerow([name, *[f"{v:.6f}" for v in p], self.class_names[h]])
         os.replace(path + ".tmp", path)
         logger.info(f"wrote {len(self._rows)} predictions to {path}")
         return path

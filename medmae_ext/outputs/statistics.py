@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_vector", "decisions", "scores", "bootstrap_ci95", "calibration", "mcnemar"]
+__all__ = ["as_vector", "decisions", "decided", "scores", "bootstrap_ci95", "calibration", "mcnemar"]
 
 
 def as_vector(value) -> torch.Tensor:
@@ -26,14 +26,20 @@ def decisions(prob: torch.Tensor, multi_label: bool = False, threshold: float = 
     return torch.nn.functional.one_hot(prob.argmax(1), prob.shape[1]).float()
 
 
+def decided(prob: torch.Tensor, multi_label: bool = False, threshold: float = 0.5, decide=None):
+    """``(decisions, probabilities to report)`` for ``prob`` as the model gives it: :func:`decisions`, and ``prob``
+    corrected as ``decide`` says (its temperature and prior shift; ``prob`` itself without ``decide``)."""
+    hard = decisions(prob, multi_label, threshold, decide)
+    return hard, (decide.probabilities(prob) if decide is not None else prob)
+
+
 def scores(prob: torch.Tensor, y: torch.Tensor, multi_label: bool = False, threshold: float = 0.5, decide=None):
     """``({accuracy, macro_f1, mean_auc}, per-class AUC, per-class F1, per-class recall)``; nan where a class has no
     positive (or no negative, for AUC). ``prob`` as the model gives it: ``decide`` (see :func:`decisions`) corrects it
     for AUC when it shifts the prior."""
     from monai.metrics import compute_roc_auc
 
-    hard = decisions(prob, multi_label, threshold, decide)
-    prob = decide.probabilities(prob) if decide is not None else prob
+    hard, prob = decided(prob, multi_label, threshold, decide)
     c = prob.shape[1]
     auc = []
     for k in range(c):
