@@ -4,11 +4,15 @@
     python scripts/benchmark_data.py --sizes "[28]" --sizes_3d "[]" --items 32   # quick
 
 For each training size, the bundle's own ``train#dataset`` (its synthetic set, memory cache) is built in one
-thread, then read item by item as the DataLoader does (``num_workers`` 0). Reported per size:
+thread, then read through the bundle's ``train#dataloader`` (``num_workers`` 0). Reported per size:
 
 * cache build, ms per item: the deterministic transforms (load, orientation / spacing, intensity, resize);
-* random transforms, images/s on one core: what each epoch costs per item after the cache is full (crop, flips);
-* cache bytes per item, against the image as uint8 at training size (issue 28's target: <= 1.1x).
+* cache bytes per item, against the image as uint8 at training size (issue 28's target: <= 1.1x);
+* images/s on one core of the whole data path after the cache is full, in interleaved rounds (median):
+  - *per item (MONAI)*: what the bundles ran until now -- MONAI's ``RandScaleCropd`` -> ``Resized`` ->
+    ``RandFlipd`` on every item (3D: the crops, then the flips), then collate;
+  - *on the batch*: the bundles' path now -- the per-item part that is left (3D: the crops), collate, then
+    ``BatchAugment`` on the whole batch (here on the CPU; on a GPU it runs there, after the copy).
 
 Process CPU time, not wall time, so a busy machine does not change the figures much.
 """
@@ -16,6 +20,7 @@ Process CPU time, not wall time, so a busy machine does not change the figures m
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -36,14 +41,40 @@ def _nbytes(value) -> int:
     return getattr(value, "nbytes", 0)
 
 
-def measure(config: list[str], size: list[int], items: int, reads: int) -> dict:
+def monai_chain(aug, img_size) -> list:
+    """MONAI's per-item transforms that draw what ``aug`` (a ``BatchAugment``) draws: the bundles' old chain."""
+    from monai.transforms import RandFlipd, RandScaleCropd, Resized
+
+    out = []
+    if aug.crop_scale is not None:
+        lo, hi = aug.crop_scale
+        out += [RandScaleCropd(aug.keys, roi_scale=lo, max_roi_scale=hi, random_size=True, allow_missing_keys=True),
+                Resized(aug.keys, spatial_size=img_size, allow_missing_keys=True)]
+    return out + [RandFlipd(aug.keys, prob=aug.flip_prob, spatial_axis=a, allow_missing_keys=True) for a in aug.flip_axes]
+
+
+def _rate(batches, reads: int, augment=None) -> float:
+    t0, n = time.process_time(), 0
+    while n < reads:
+        for b in batches():
+            if augment is not None:
+                b = augment(b)
+            n += len(b["image"])
+            if n >= reads:
+                break
+    return n / (time.process_time() - t0)
+
+
+def measure(config: list[str], size: list[int], items: int, reads: int, batch: int, rounds: int) -> dict:
     from monai.bundle import ConfigParser
+    from monai.data import DataLoader
+    from monai.transforms import Compose
 
     p = ConfigParser()
     p.read_config([os.path.join(REPO, "bundles", "mae_pretrain", "configs", c) for c in config])
     with tempfile.TemporaryDirectory() as root:
         p["bundle_root"] = root
-        p["img_size"], p["max_items"], p["num_workers"] = size, items, 0
+        p["img_size"], p["max_items"], p["num_workers"], p["batch_size"] = size, items, 0, batch
         p.parse()
         data = p.get_parsed_content("train#datalist").data  # writes the synthetic set: not timed
         t0 = time.process_time()
@@ -51,31 +82,48 @@ def measure(config: list[str], size: list[int], items: int, reads: int) -> dict:
         build = (time.process_time() - t0) / len(data)
         cached = getattr(ds, "_cache", None) or []
         per_item = sum(_nbytes(c) for c in cached) / max(1, len(cached))
-        t0, n = time.process_time(), 0
-        while n < reads:
-            for i in range(len(ds)):
-                ds[i]
-                n += 1
-        rate = n / (time.process_time() - t0)
+        loader = p.get_parsed_content("train#dataloader")
+        aug = p.get_parsed_content("augmentation")
+        old = Compose(list(p.get_parsed_content("random_transforms")) + monai_chain(aug, size))
+        old_ds = [dict(c) for c in cached]  # the cache's entries, through the old per-item chain
+
+        class _Old(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(old_ds)
+
+            def __getitem__(self, i):
+                return old(dict(old_ds[i]))
+
+        old_loader = DataLoader(_Old(), batch_size=batch, shuffle=True, num_workers=0, drop_last=True)
+        old_rates, new_rates = [], []
+        for _ in range(rounds):
+            old_rates.append(_rate(lambda: old_loader, reads))
+            new_rates.append(_rate(lambda: loader, reads, aug))
     channels = int(p.get_parsed_content("in_channels"))
     uint8 = channels * int(torch.tensor(size).prod())
-    return {"build_ms": 1000 * build, "rate": rate, "bytes": per_item, "uint8": uint8}
+    old_rate, new_rate = statistics.median(old_rates), statistics.median(new_rates)
+    return {"build_ms": 1000 * build, "old": old_rate, "new": new_rate, "bytes": per_item, "uint8": uint8,
+            "ratios": sorted(n / o for n, o in zip(new_rates, old_rates, strict=True))}
 
 
-def main(sizes=(28, 64, 224), sizes_3d=(96,), items: int = 64, reads: int = 256) -> None:
+def main(sizes=(28, 64, 224), sizes_3d=(96,), items: int = 64, reads: int = 256, batch: int = 32,
+         rounds: int = 3) -> None:
     torch.set_num_threads(1)
     rows = []
     for s in sizes:
-        rows.append((f"2D {s}x{s}", measure(["train.json"], [s, s], items, reads)))
+        rows.append((f"2D {s}x{s}", measure(["train.json"], [s, s], items, reads, batch, rounds)))
     for s in sizes_3d:
-        rows.append((f"3D {s}^3", measure(["train.json", "train_3d.json"], [s, s, s], min(items, 8), min(reads, 32))))
-    print(f"torch {torch.__version__}, 1 thread, process CPU time; mae_pretrain's synthetic set, memory cache\n")
-    print("| size | cache build, ms/item | random transforms, images/s per core | cache bytes/item | uint8 image | "
-          "cache / uint8 |")
-    print("| --- | --- | --- | --- | --- | --- |")
+        rows.append((f"3D {s}^3", measure(["train.json", "train_3d.json"], [s, s, s], min(items, 8), min(reads, 32),
+                                          2, rounds)))
+    print(f"torch {torch.__version__}, 1 thread, process CPU time; mae_pretrain's synthetic set, memory cache; "
+          f"median of {rounds} interleaved rounds\n")
+    print("| size | cache build, ms/item | cache bytes/item | cache / uint8 | per item (MONAI), images/s per core | "
+          "on the batch, images/s per core | on the batch / per item [rounds] |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, m in rows:
-        print(f"| {name} | {m['build_ms']:.2f} | {m['rate']:.0f} | {m['bytes']:,.0f} | {m['uint8']:,} | "
-              f"{m['bytes'] / m['uint8']:.1f}x |")
+        lo, hi = m["ratios"][0], m["ratios"][-1]
+        print(f"| {name} | {m['build_ms']:.2f} | {m['bytes']:,.0f} | {m['bytes'] / m['uint8']:.1f}x | {m['old']:.0f} | "
+              f"{m['new']:.0f} | **{m['new'] / m['old']:.1f}x** [{lo:.1f}-{hi:.1f}] |")
     sys.stdout.flush()
 
 

@@ -102,8 +102,11 @@ def part_bundle(device: str, iterations: int, batch: int, img: int, workers: int
             step()
         _sync(dev)
         model_only = batch * iterations / (time.perf_counter() - t0)
+        augment = wf.parser.get_parsed_content("augmentation")
         t0, n = time.perf_counter(), 0
-        for _, b in zip(range(iterations), loader):  # the data pipeline alone: cached items, random transforms, collate
+        for _, b in zip(range(iterations), loader):  # the data pipeline alone: cached items, collate, batch augmentation
+            b = augment({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+            _sync(dev)
             n += len(b["image"])
         data_only = n / (time.perf_counter() - t0)
     nw = wf.parser.get_parsed_content("num_workers")
@@ -112,7 +115,7 @@ def part_bundle(device: str, iterations: int, batch: int, img: int, workers: int
     print("| path | imgs/s | of model-only |\n| --- | --- | --- |")
     print(f"| model only (network + loss + AdamW on one batch) | {model_only:.1f} | 1 |")
     print(f"| bundle (SupervisedTrainer, data loading, handlers) | {e2e:.1f} | {e2e / model_only:.2f}x |")
-    print(f"| data pipeline alone (DataLoader: augmentation + collate) | {data_only:.1f} | - |")
+    print(f"| data pipeline alone (DataLoader + augmentation of the batch on the device) | {data_only:.1f} | - |")
 
 
 def part_unetr(device: str, size: int, repeats: int, amp: bool = True) -> None:

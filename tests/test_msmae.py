@@ -5,7 +5,6 @@ import os
 import numpy as np
 import torch
 from conftest import run_bundle
-from monai.transforms import Compose, RandFlipd, RandScaleCropd, Resized
 
 from medmae_ext.training.attention import AttentionCache, lesion_coverage
 from medmae_ext.data import lesion_batch
@@ -15,6 +14,7 @@ from medmae_ext.training.losses import MAELoss
 from medmae_ext.networks.masking import AttentionMasking, RandomMasking
 from medmae_ext.networks import MaskedAutoencoder
 from medmae_ext.data.transforms import AttachAttentiond
+from medmae_ext.data.augment import BatchAugment
 
 
 def test_attention_map_follows_random_crop_and_flip():
@@ -22,14 +22,8 @@ def test_attention_map_follows_random_crop_and_flip():
     place must be masked, whatever crop/flip was drawn."""
     cache = AttentionCache()
     size, patch = 64, 8
-    keys = ["image", "attn"]
-    pipeline = Compose([
-        AttachAttentiond(cache),
-        RandScaleCropd(keys, roi_scale=0.5, max_roi_scale=1.0, random_size=True, allow_missing_keys=True),
-        Resized(keys, (size, size), mode="nearest", allow_missing_keys=True),
-        RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True),
-        RandFlipd(keys, prob=0.5, spatial_axis=1, allow_missing_keys=True),
-    ])
+    attach = AttachAttentiond(cache)
+    augment = BatchAugment(["image", "attn"], crop_scale=(0.5, 1.0), flip_prob=0.5, flip_axes=[0, 1])  # the bundles'
     prep = MAEPrepareBatch((patch, patch))
     masking = AttentionMasking(0.45, 0.30, eps=1e-9)
     rng = np.random.default_rng(0)
@@ -41,11 +35,11 @@ def test_attention_map_follows_random_crop_and_flip():
         cache.store({"s": grid})
         image = torch.zeros(1, size, size)
         image[0, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = 1.0
-        pipeline.set_random_state(seed=trial)
-        out = pipeline({"image": image, "id": "s"})
-        assert torch.equal(out["attn"] > 0.5, out["image"] > 0.5)  # same crop, same flips
-        if (out["image"] > 0.5).any():
-            batch = {"image": out["image"][None], "attn": out["attn"][None]}
+        torch.manual_seed(trial)
+        item = attach({"image": image, "id": "s"})
+        batch = augment({"image": item["image"][None], "attn": item["attn"][None]})
+        assert torch.equal(batch["attn"] > 0.5, batch["image"] > 0.5)  # same crop, same flips
+        if (batch["image"] > 0.5).any():
             _, _, _, kw = prep(batch)
             w = kw["weights"]
             plan = masking(1, 64, weights=w)
