@@ -12,7 +12,8 @@ thread, then read through the bundle's ``train#dataloader`` (``num_workers`` 0).
   - *per item (MONAI)*: what the bundles ran until now -- MONAI's ``RandScaleCropd`` -> ``Resized`` ->
     ``RandFlipd`` on every item (3D: the crops, then the flips), then collate;
   - *on the batch*: the bundles' path now -- the per-item part that is left (3D: the crops), collate, then
-    ``BatchAugment`` on the whole batch (here on the CPU; on a GPU it runs there, after the copy).
+    ``BatchAugment`` on the whole batch (here on the CPU; on a GPU it runs there, after the copy);
+  - *DataLoader part alone*: the same without ``BatchAugment``: what stays on the CPU when a GPU augments.
 
 Process CPU time, not wall time, so a busy machine does not change the figures much.
 """
@@ -56,12 +57,15 @@ def monai_chain(aug, img_size) -> list:
 def _rate(batches, reads: int, augment=None) -> float:
     t0, n = time.process_time(), 0
     while n < reads:
+        before = n
         for b in batches():
             if augment is not None:
-                b = augment(b)
+                b = augment(b, inplace=True)  # as the bundles' trainer handler applies it
             n += len(b["image"])
             if n >= reads:
                 break
+        if n == before:
+            raise ValueError("the loader gives no batch: --items must be at least --batch")
     return n / (time.process_time() - t0)
 
 
@@ -70,6 +74,9 @@ def measure(config: list[str], size: list[int], items: int, reads: int, batch: i
     from monai.data import DataLoader
     from monai.transforms import Compose
 
+    from medmae_ext.data.compact import expand
+
+    batch = min(batch, items)
     p = ConfigParser()
     p.read_config([os.path.join(REPO, "bundles", "mae_pretrain", "configs", c) for c in config])
     with tempfile.TemporaryDirectory() as root:
@@ -85,7 +92,7 @@ def measure(config: list[str], size: list[int], items: int, reads: int, batch: i
         loader = p.get_parsed_content("train#dataloader")
         aug = p.get_parsed_content("augmentation")
         old = Compose(list(p.get_parsed_content("random_transforms")) + monai_chain(aug, size))
-        old_ds = [dict(c) for c in cached]  # the cache's entries, through the old per-item chain
+        old_ds = [expand(c) for c in cached]  # the cache's entries (as floats), through the old per-item chain
 
         class _Old(torch.utils.data.Dataset):
             def __len__(self):
@@ -95,14 +102,16 @@ def measure(config: list[str], size: list[int], items: int, reads: int, batch: i
                 return old(dict(old_ds[i]))
 
         old_loader = DataLoader(_Old(), batch_size=batch, shuffle=True, num_workers=0, drop_last=True)
-        old_rates, new_rates = [], []
+        old_rates, new_rates, loader_rates = [], [], []
         for _ in range(rounds):
             old_rates.append(_rate(lambda: old_loader, reads))
             new_rates.append(_rate(lambda: loader, reads, aug))
+            loader_rates.append(_rate(lambda: loader, reads))
     channels = int(p.get_parsed_content("in_channels"))
     uint8 = channels * int(torch.tensor(size).prod())
     old_rate, new_rate = statistics.median(old_rates), statistics.median(new_rates)
     return {"build_ms": 1000 * build, "old": old_rate, "new": new_rate, "bytes": per_item, "uint8": uint8,
+            "loader": statistics.median(loader_rates),
             "ratios": sorted(n / o for n, o in zip(new_rates, old_rates, strict=True))}
 
 
@@ -118,12 +127,14 @@ def main(sizes=(28, 64, 224), sizes_3d=(96,), items: int = 64, reads: int = 256,
     print(f"torch {torch.__version__}, 1 thread, process CPU time; mae_pretrain's synthetic set, memory cache; "
           f"median of {rounds} interleaved rounds\n")
     print("| size | cache build, ms/item | cache bytes/item | cache / uint8 | per item (MONAI), images/s per core | "
-          "on the batch, images/s per core | on the batch / per item [rounds] |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "on the batch, images/s per core | on the batch / per item [rounds] | DataLoader part alone | "
+          "DataLoader part / per item |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, m in rows:
         lo, hi = m["ratios"][0], m["ratios"][-1]
         print(f"| {name} | {m['build_ms']:.2f} | {m['bytes']:,.0f} | {m['bytes'] / m['uint8']:.1f}x | {m['old']:.0f} | "
-              f"{m['new']:.0f} | **{m['new'] / m['old']:.1f}x** [{lo:.1f}-{hi:.1f}] |")
+              f"{m['new']:.0f} | **{m['new'] / m['old']:.1f}x** [{lo:.1f}-{hi:.1f}] | {m['loader']:.0f} | "
+              f"{m['loader'] / m['old']:.1f}x |")
     sys.stdout.flush()
 
 

@@ -89,6 +89,9 @@ def test_flips_alone_are_exact_and_keys_move_together():
         dims = [a + 1 for a in range(2) if draw.flips[i, a]]
         assert torch.equal(out["image"][i], x[i].flip(dims) if dims else x[i])
     assert torch.equal(out["image"], out["attn"]) and torch.equal(out["label"], torch.arange(4))
+    torch.manual_seed(3)
+    mine = x.clone()
+    assert torch.equal(aug({"image": mine}, inplace=True)["image"], out["image"]) and torch.equal(mine, out["image"])
     with pytest.raises(ValueError, match="'attn' has spatial shape"):
         aug({"image": x, "attn": x[..., :4]})
     with pytest.raises(InputError, match="crop_scale"):
@@ -137,3 +140,98 @@ def test_the_attention_refresh_reads_the_deterministic_part_from_the_cache(tmp_p
     assert [it["id"] for it in items] == [f"s{i}" for i in range(5)]
     assert all(torch.equal(it["image"], torch.full((1, 8, 8), 2.0 * i)) for i, it in enumerate(items))
     assert _Doubled.calls - before == (5 if cache == "none" else 0)  # deterministic steps rerun only without a cache
+
+
+# compact caches (issue 28 item 2) ---------------------------------------------------------------------------------
+def _uint8_items(n=6, size=28, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.integers(10 + i, 200 + i, size=(1, size, size), dtype=np.uint8), "id": f"s{i}",
+             "label": i % 2} for i in range(n)]
+
+
+def test_a_uint8_image_is_cached_in_one_byte_and_read_back_as_the_same_floats(tmp_path):
+    from medmae_ext.data import preprocessing
+    from medmae_ext.data.compact import TOLERANCE
+
+    settings = {"spatial_dims": 2, "in_channels": 1, "img_size": [28, 28], "modality": "XR"}
+    chain = Compose(preprocessing(settings) + [EnsureTyped("image", dtype=torch.float32, track_meta=False)])
+    items = _uint8_items()
+    plain = cached_dataset(items, chain, cache="none")
+    for cache in ("memory", "disk"):
+        ds = cached_dataset(items, chain, cache=cache, cache_dir=str(tmp_path / "c"))
+        for i in range(len(items)):
+            got, want = ds[i], plain[i]
+            assert got["image"].dtype == torch.float32 and sorted(got) == sorted(want)
+            assert (got["image"] - want["image"]).abs().max() <= TOLERANCE
+            assert got["label"] == want["label"]
+    held = ds = cached_dataset(items, chain, cache="memory")
+    entry = held._cache[0]
+    assert entry["image"].dtype == torch.uint8 and entry["image"].shape == (1, 28, 28)
+    assert entry["image"].element_size() * entry["image"].numel() == 784  # 1 byte a pixel (+ 8 bytes: lo, step)
+    view = CachedView(ds)
+    assert view[0]["image"].dtype == torch.float32 and torch.allclose(view[0]["image"], plain[0]["image"], atol=1e-6)
+
+
+def test_images_off_a_byte_lattice_stay_float32_and_label_maps_and_meta_survive():
+    from monai.data import MetaTensor
+
+    from medmae_ext.data.compact import Compactd, Expandd, lattice_code
+
+    smooth = F.interpolate(torch.rand(1, 1, 20, 20), size=(28, 28), mode="bilinear")[0]  # resampled: no lattice
+    assert lattice_code(smooth) is None
+    assert lattice_code(torch.rand(1, 40, 40)) is None  # more than 256 values
+    labels = MetaTensor(torch.randint(0, 5, (1, 8, 8, 8)).float(), meta={"filename_or_obj": "ct.nii.gz"})
+    stored = Compactd()({"image": smooth, "label": labels})
+    assert stored["image"].dtype == torch.float32 and stored["label"].dtype == torch.uint8
+    back = Expandd()(stored)
+    assert torch.equal(back["label"], labels) and back["label"].meta["filename_or_obj"] == "ct.nii.gz"
+    assert torch.equal(back["image"], smooth) and sorted(back) == ["image", "label"]
+    flat = torch.full((1, 4, 4), 0.25)  # one value
+    assert torch.equal(Expandd()(Compactd()({"image": flat}))["image"], flat)
+
+
+# the fine-tuning recipe's batch options (issue 30 item 1) ------------------------------------------------------------
+def test_random_erasing_puts_one_noise_box_in_the_drawn_share_of_images_and_leaves_the_map():
+    aug = BatchAugment(["image", "attn"], crop_scale=None, flip_prob=0.0, erase_prob=0.25)
+    x = torch.rand(400, 1, 32, 32)
+    torch.manual_seed(0)
+    out = aug({"image": x, "attn": x.clone()})
+    changed = (out["image"] != x).flatten(1)
+    erased = changed.any(1)
+    assert 0.18 < erased.float().mean() < 0.32 and torch.equal(out["attn"], x)  # the map is never erased
+    areas = changed[erased].float().mean(1)
+    assert areas.min() >= 0.015 and areas.max() <= 0.37  # erase_area (0.02, 1/3), sides rounded to pixels
+    img = torch.rand(8, 1, 32, 32)
+    kept = img.clone()
+    torch.manual_seed(1)
+    noisy = BatchAugment(["image"], crop_scale=None, flip_prob=0.0, erase_prob=1.0)({"image": img})["image"]
+    assert torch.equal(img, kept) and 0.6 < (noisy == img).float().mean() < 0.99  # input untouched
+    box = noisy[noisy != img]  # the noise has the images' mean and spread
+    assert abs(float(box.mean()) - 0.5) < 0.05 and abs(float(box.std()) - 0.29) < 0.05
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_mix_labels_by_the_share_of_each_image(kind):
+    from medmae_ext.data.mixing import MixCut, mixing
+
+    mix = MixCut(3, mixup_alpha=0.8 if kind == "mixup" else 0, cutmix_alpha=1.0 if kind == "cutmix" else 0)
+    n = 6
+    image = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 16, 16).clone()  # image i is all i
+    label = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(2)
+    out = mix({"image": image, "attn": image.clone(), "label": label})
+    y = out["label"]
+    assert y.shape == (n, 3) and torch.allclose(y.sum(1), torch.ones(n))
+    for i in range(n):  # the share of image i's own pixels (its value) is the weight of its own label
+        partner = n - 1 - i
+        own = out["image"][i].mean() if kind == "mixup" else (out["image"][i] == i).float().mean()
+        if kind == "mixup":
+            lam = (own - partner) / (i - partner)
+        else:
+            lam = own
+        expected = lam * F.one_hot(label[i], 3) + (1 - lam) * F.one_hot(label[partner], 3)
+        torch.testing.assert_close(y[i], expected.float(), atol=1e-5, rtol=0)
+    assert torch.equal(out["attn"], out["image"])
+    assert mixing(3) is None and isinstance(mixing(3, 0.8, 1.0), MixCut)
+    with pytest.raises(InputError, match="'mixup'"):
+        mixing(3, -1.0)

@@ -298,3 +298,27 @@ def test_label_smoothing_is_a_config_option(tmp_path, synth2d):
         run_bundle(B, "train.json", run_id="initialize", bundle_root=str(tmp_path), dataset_dir=synth2d,
                    pretrained_ckpt="scratch", label_smoothing=1.5, num_workers=0).parser.get_parsed_content("loss")
     assert "config id 'label_smoothing' must be in [0, 1)" in raised(info, InputError)
+
+
+def test_mixup_cutmix_and_random_erasing_are_config_options_the_trainer_applies(tmp_path, synth2d):
+    """Issue 30 item 1: ``--mixup`` / ``--cutmix`` / ``--random_erasing`` reach the training batch (soft labels that
+    sum to one, a loss that takes them); the validation batches stay as they are."""
+    from ignite.engine import Events
+
+    wf = run_bundle(B, "train.json", run_id="initialize", bundle_root=str(tmp_path), dataset_dir=synth2d,
+                    pretrained_ckpt="scratch", mixup=0.8, cutmix=1.0, random_erasing=0.25, label_smoothing=0.1,
+                    **FAST)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    seen, validated = [], []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.batch["label"]))
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    evaluator.add_event_handler(Events.ITERATION_STARTED, lambda e: validated.append(e.state.batch["label"]))
+    trainer.run()
+    assert len(seen) == 2 and all(y.shape == (4, 3) and torch.allclose(y.sum(1), torch.ones(4)) for y in seen)
+    assert any(((y > 0) & (y < 1)).any() for y in seen)  # mixed, not one-hot
+    assert validated and all(y.dtype != torch.float32 or y.ndim == 1 for y in validated)
+    assert float(trainer.state.output["loss"]) > 0
+    with pytest.raises(Exception) as info:
+        run_bundle(B, "train.json", bundle_root=str(tmp_path / "bad"), dataset_dir=synth2d, pretrained_ckpt="scratch",
+                   mixup=-1, **FAST)
+    assert "config id 'mixup' (a Beta alpha) must be >= 0" in raised(info, InputError)

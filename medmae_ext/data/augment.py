@@ -53,6 +53,10 @@ class BatchAugment:
         flip_prob: probability of each flip.
         flip_axes: spatial axes (0-based, as MONAI's ``spatial_axis``) that may be flipped.
         mode: ``grid_sample`` interpolation of the resized crop.
+        erase_prob: random erasing (after the crop and flips, of the first key only; MAE's fine-tuning recipe uses
+            0.25): the probability that an image gets one box of noise, drawn from the image's own mean and
+            standard deviation. The box covers ``erase_area`` of the image; its first two sides have the ratio
+            ``exp(U(log erase_aspect))`` (timm's ``RandomErasing``; 3D: the third side is the box's mean side).
     """
 
     def __init__(
@@ -62,6 +66,9 @@ class BatchAugment:
         flip_prob: float = 0.5,
         flip_axes: Sequence[int] = (0,),
         mode: str = "bilinear",
+        erase_prob: float = 0.0,
+        erase_area: Sequence[float] = (0.02, 1 / 3),
+        erase_aspect: Sequence[float] = (0.3, 3.3),
     ) -> None:
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         if crop_scale is not None:
@@ -69,8 +76,12 @@ class BatchAugment:
             if not 0 < lo <= hi <= 1:
                 raise InputError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {list(crop_scale)}")
             crop_scale = (lo, hi)
-        if not 0 <= float(flip_prob) <= 1:
-            raise InputError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        for name, p in (("flip_prob", flip_prob), ("erase_prob", erase_prob)):
+            if not 0 <= float(p) <= 1:
+                raise InputError(f"{name} must be in [0, 1], got {p}")
+        self.erase_prob = float(erase_prob)
+        self.erase_area = tuple(float(v) for v in erase_area)
+        self.erase_aspect = tuple(float(v) for v in erase_aspect)
         self.crop_scale = crop_scale
         self.flip_prob = float(flip_prob)
         self.flip_axes = [int(a) for a in flip_axes]
@@ -97,34 +108,36 @@ class BatchAugment:
     def grid(self, draw: AugmentDraw, spatial: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
         """``grid_sample`` grid ``[n, *spatial, d]`` that crops, resizes to ``spatial`` and flips.
 
-        The source coordinates are clamped to the crop's first and last pixel centres, which is what
-        ``interpolate`` does at the border of the cropped image."""
+        The map is axis-aligned, so each axis's source coordinates are one row per image (``affine_grid``'s, built
+        separably), clamped to the crop's first and last pixel centres, which is what ``interpolate`` does at the
+        border of the cropped image."""
         n, d = draw.sizes.shape
-        size = torch.tensor([float(s) for s in spatial])
-        sizes, starts = draw.sizes.double(), draw.starts.double()
-        scale = sizes / size * torch.where(draw.flips, -1.0, 1.0)
-        centre = (2 * starts + sizes) / size - 1
-        lo = (2 * starts + 1) / size - 1
-        hi = (2 * (starts + sizes) - 1) / size - 1
-        theta = torch.zeros(n, d, d + 1, dtype=torch.float64)
-        for j in range(d):  # affine_grid's coordinate j is the tensor's spatial axis d - 1 - j
-            theta[:, j, j] = scale[:, d - 1 - j]
-            theta[:, j, d] = centre[:, d - 1 - j]
-        g = F.affine_grid(theta, [n, 1, *spatial], align_corners=False)
-        view = (n,) + (1,) * d + (d,)
-        g = torch.maximum(torch.minimum(g, hi.flip(1).view(view)), lo.flip(1).view(view))
-        return g.to(device=device, dtype=dtype)
+        axes = []
+        for a, s in enumerate(spatial):
+            size, start = draw.sizes[:, a : a + 1].double(), draw.starts[:, a : a + 1].double()
+            u = (2 * torch.arange(s, dtype=torch.float64) + 1) / s - 1  # output pixel centres, normalised
+            u = torch.where(draw.flips[:, a : a + 1], -u, u)
+            src = size / s * u + (2 * start + size) / s - 1
+            src = torch.minimum(torch.maximum(src, (2 * start + 1) / s - 1), (2 * (start + size) - 1) / s - 1)
+            shape = [n] + [1] * d
+            shape[a + 1] = s
+            axes.append(src.to(device=device, dtype=dtype).view(shape).expand(n, *spatial))
+        return torch.stack(axes[::-1], dim=-1)  # grid_sample's last dim lists the axes last first
 
-    def apply(self, x: torch.Tensor, draw: AugmentDraw, grid: torch.Tensor | None) -> torch.Tensor:
-        if grid is None:  # flips only: exact
-            d = x.ndim - 2
-            for a in self.flip_axes:
-                m = draw.flips[:, a].to(x.device).view((-1,) + (1,) * (d + 1))
-                x = torch.where(m, x.flip(a + 2), x)
-            return x
+    def apply(self, x: torch.Tensor, draw: AugmentDraw, grid: torch.Tensor | None, inplace: bool = False):
+        if grid is None:  # flips only: exact, and only the images drawn to flip are touched
+            flipped = [i for i in range(x.shape[0]) if draw.flips[i].any()]
+            if not flipped:
+                return x
+            out = x if inplace else x.clone()
+            for i in flipped:
+                out[i] = x[i].flip([a + 1 for a in range(x.ndim - 2) if draw.flips[i, a]])
+            return out
         return F.grid_sample(x.to(grid.dtype), grid, mode=self.mode, padding_mode="border", align_corners=False)
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict, inplace: bool = False) -> dict:
+        """The augmented batch. ``inplace``: flips may overwrite the batch's own tensors (the trainer's handler: a
+        collated batch belongs to its iteration); a crop always writes new ones."""
         first = self.keys[0]
         if first not in batch:
             raise KeyError(f"batch augmentation: the batch has no {first!r} (keys: {sorted(batch)})")
@@ -136,28 +149,62 @@ class BatchAugment:
         for k in self.keys:
             if k in batch:
                 if tuple(batch[k].shape[2:]) != spatial:
-                    raise ValueError(f"batch augmentation: {k!r} has spatial shape {tuple(batch[k].shape[2:])}, "
-                                     f"{first!r} has {spatial}: they must match to move together")
-                out[k] = self.apply(batch[k], draw, grid)
+                    raise ValueError(
+                        f"batch augmentation: {k!r} has spatial shape {tuple(batch[k].shape[2:])}, "
+                        f"{first!r} has {spatial}: they must match to move together"
+                    )
+                out[k] = self.apply(batch[k], draw, grid, inplace)
+        if self.erase_prob:
+            out[first] = self.erase(out[first], inplace=inplace or grid is not None)
+        return out
+
+    def erase_box(self, spatial: Sequence[int]) -> tuple[slice, ...] | None:
+        """One random-erasing box (10 tries to fit, as timm), or None."""
+        total = math.prod(spatial)
+        for _ in range(10):
+            area = total * float(torch.empty(()).uniform_(*self.erase_area))
+            t = float(torch.empty(()).uniform_(math.log(self.erase_aspect[0]), math.log(self.erase_aspect[1])))
+            logs = [t / 2, -t / 2] + [0.0] * (len(spatial) - 2)
+            sides = [int(round(area ** (1 / len(spatial)) * math.exp(v))) for v in logs]
+            if all(0 < n < s for n, s in zip(sides, spatial, strict=True)):
+                starts = [int(torch.randint(0, s - n + 1, ())) for n, s in zip(sides, spatial, strict=True)]
+                return tuple(slice(a, a + n) for a, n in zip(starts, sides, strict=True))
+        return None
+
+    def erase(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        out = x if inplace else x.clone()
+        for i in range(x.shape[0]):
+            if float(torch.rand(())) >= self.erase_prob:
+                continue
+            box = self.erase_box(tuple(x.shape[2:]))
+            if box is not None:
+                region = out[(i, slice(None)) + box]
+                noise = torch.randn(region.shape, generator=None).to(x.device, x.dtype)
+                out[(i, slice(None)) + box] = noise * x[i].std() + x[i].mean()
         return out
 
 
 class AugmentOnDevice:
-    """Trainer handler: move the batch's ``augment.keys`` to ``device`` and apply ``augment`` there, between the
-    DataLoader and the iteration (``GET_BATCH_COMPLETED``). ``augment=None`` disables it."""
+    """Trainer handler: move the batch's keys that ``augment`` touches to ``device`` and apply it there, between the
+    DataLoader and the iteration (``GET_BATCH_COMPLETED``). ``augment``: one augmentation or a list applied in order
+    (:class:`BatchAugment`, then :class:`~medmae_ext.data.mixing.MixCut`); ``None`` entries are skipped, and with
+    none left the handler does nothing."""
 
-    def __init__(self, augment: BatchAugment | None, device, non_blocking: bool = True) -> None:
-        self.augment = augment
+    def __init__(self, augment, device, non_blocking: bool = True) -> None:
+        steps = augment if isinstance(augment, (list, tuple)) else [augment]
+        self.steps = [s for s in steps if s is not None]
         self.device = torch.device(device)
         self.non_blocking = non_blocking
 
     def attach(self, engine: Engine) -> None:
-        if self.augment is not None:
+        if self.steps:
             engine.add_event_handler(Events.GET_BATCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         batch = dict(engine.state.batch)
-        for k in self.augment.keys:
+        for k in {key for step in self.steps for key in step.keys}:
             if isinstance(batch.get(k), torch.Tensor):
                 batch[k] = batch[k].to(self.device, non_blocking=self.non_blocking)
-        engine.state.batch = self.augment(batch)
+        for step in self.steps:
+            batch = step(batch, inplace=True)
+        engine.state.batch = batch

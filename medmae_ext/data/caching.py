@@ -26,6 +26,7 @@ from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Transform
 from monai.transforms.traits import RandomizableTrait
 
+from .compact import Compactd, Expandd, expand
 from .readers import DatalistError
 
 __all__ = ["CACHE_KINDS", "CachedView", "CheckedPersistentDataset", "cached_dataset", "item_hash"]
@@ -89,6 +90,7 @@ def cached_dataset(
     config_id: str = "dataset_cache",
     shard: dict | None = None,
     items=None,
+    compact: bool = True,
 ):
     """A MONAI dataset over ``data`` that keeps the deterministic transforms' output as ``cache`` says (module doc).
 
@@ -97,7 +99,10 @@ def cached_dataset(
     so whoever overrides it (MONAI Label's ``train#dataset#data``) still gets sharded, never replaced.
 
     ``items``: when not None, what the dataset holds in place of ``data``, which then stays the config id MONAI Label
-    overrides (unetr: :func:`medmae_ext.training.serving.session_split` of MONAI Label's two lists)."""
+    overrides (unetr: :func:`medmae_ext.training.serving.session_split` of MONAI Label's two lists).
+
+    ``compact``: a memory or disk cache stores what it can in one byte a voxel (:mod:`medmae_ext.data.compact`);
+    what the transforms after the cache see is unchanged."""
     if items is not None:
         data = items
     if shard is not None:
@@ -106,6 +111,8 @@ def cached_dataset(
         data = shard_items(data, **shard)
     if cache not in CACHE_KINDS:
         raise DatalistError(f"config id {config_id!r} must be one of {CACHE_KINDS}, got {cache!r}")
+    if cache != "none" and compact:
+        transform = compact_at_cache(transform)
     if cache == "memory":
         return CacheDataset(data, transform, cache_rate=1.0, num_workers=num_workers)
     if cache == "disk":
@@ -116,6 +123,28 @@ def cached_dataset(
             data, transform, cache_dir=cache_dir, hash_func=item_hash, hash_transform=pickle_hashing
         )
     return Dataset(data, transform)
+
+
+def _first_random(transform) -> int | None:
+    return transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+
+
+def compact_at_cache(transform):
+    """``transform`` (a ``Compose``) with :class:`~medmae_ext.data.compact.Compactd` and
+    :class:`~medmae_ext.data.compact.Expandd` where a cache stops (before the first random transform)."""
+    if not isinstance(transform, Compose) or any(isinstance(t, Expandd) for t in transform.transforms):
+        return transform
+    steps = list(transform.transforms)
+    first = _first_random(transform)
+    first = len(steps) if first is None else first
+    return Compose(
+        steps[:first] + [Compactd(), Expandd()] + steps[first:],
+        map_items=transform.map_items,
+        unpack_items=transform.unpack_items,
+        log_stats=transform.log_stats,
+        lazy=transform._lazy,
+        overrides=transform.overrides,
+    )
 
 
 class CachedView(torch.utils.data.Dataset):
@@ -129,9 +158,7 @@ class CachedView(torch.utils.data.Dataset):
         transform = getattr(dataset, "transform", None)
         if not isinstance(transform, Compose):
             raise TypeError(f"CachedView needs a dataset with a Compose transform, got {type(transform).__name__}")
-        self.first_random = transform.get_index_of_first(
-            lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
-        )
+        self.first_random = _first_random(transform)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -139,7 +166,7 @@ class CachedView(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         ds = self.dataset
         if isinstance(ds, CacheDataset) and ds._cache and ds._cache[index] is not None:
-            return ds._cache[index]
+            return expand(ds._cache[index])
         if isinstance(ds, PersistentDataset):
-            return ds._cachecheck(ds.data[index])
+            return expand(ds._cachecheck(ds.data[index]))
         return ds.transform(ds.data[index], end=self.first_random)

@@ -1,0 +1,95 @@
+"""Cache entries in one byte a voxel where that gives the same floats back.
+
+The deterministic preprocessing ends in float32 (the intensity step scales to [0, 1]), so a memory or disk cache
+held 4 bytes per voxel of images that were read as 1 byte (PNG, JPEG, MedMNIST): 4.0x the uint8 image. When an
+image's float values lie on a lattice of at most 256 levels -- ``value = lo + k * step``, which is what a min-max
+or window scaling of uint8 pixels gives, and what a label map is -- :class:`Compactd` stores the level ``k`` as
+uint8 plus ``(lo, step)``, and :class:`Expandd` gives the float32 image back when the item is read (to within
+``1e-6`` of the value range, checked for each image when it is stored; an image that would not come back within it
+stays float32). A resize or resampling between reading and caching leaves values off any lattice: those images
+stay float32 (store the images at the training size to get the 1-byte cache).
+
+:func:`medmae_ext.data.caching.cached_dataset` puts the pair at the boundary of its memory or disk cache, so every
+bundle's cache holds what it can in one byte and every transform after the cache sees float32 as before.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.transforms import Transform
+from monai.transforms.traits import RandomizableTrait
+
+__all__ = ["Compactd", "Expandd", "lattice_code", "expand", "TOLERANCE"]
+
+#: largest difference between an image and its stored form, as a fraction of the image's value range
+TOLERANCE = 1e-6
+_SUFFIX = "__lattice"
+
+
+def _decode(codes: torch.Tensor, lo_step: torch.Tensor) -> torch.Tensor:
+    return codes.to(torch.float32) * lo_step[1] + lo_step[0]
+
+
+def lattice_code(x, tolerance: float = TOLERANCE):
+    """``(codes uint8, [lo, step] float32)`` that give ``x`` back within ``tolerance`` of its range, or None."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.ndim < 2 or x.numel() == 0:
+        return None
+    flat = x.detach().reshape(-1).as_subclass(torch.Tensor)
+    if torch.unique(flat[:: max(1, flat.numel() // 2048)]).numel() > 256:  # most resampled images: rejected on a probe
+        return None
+    values = torch.unique(flat)
+    if values.numel() > 256:
+        return None
+    lo, hi = float(values[0]), float(values[-1])
+    if values.numel() == 1:
+        step = 1.0
+    else:
+        gap = float((values[1:].double() - values[:-1].double()).min())
+        levels = round((hi - lo) / gap)
+        if levels > 255:
+            return None
+        step = (hi - lo) / levels
+    lo_step = torch.tensor([lo, step], dtype=torch.float32)
+    codes = torch.round((flat.double() - lo) / step)
+    if codes.min() < 0 or codes.max() > 255:
+        return None
+    codes = codes.to(torch.uint8).reshape(x.shape)
+    if (_decode(codes, lo_step) - x.detach().as_subclass(torch.Tensor)).abs().max() > tolerance * max(1.0, hi - lo):
+        return None
+    if hasattr(x, "meta"):  # a MetaTensor keeps its meta (affine, file name) through the cache
+        codes = type(x)(codes, meta=x.meta, applied_operations=x.applied_operations)
+    return codes, lo_step
+
+
+def expand(item):
+    """``item`` with every stored lattice code turned back into its float32 image."""
+    if not isinstance(item, dict) or not any(isinstance(k, str) and k.endswith(_SUFFIX) for k in item):
+        return item
+    out = {k: v for k, v in item.items() if not (isinstance(k, str) and k.endswith(_SUFFIX))}
+    for k in list(out):
+        code = item.get(f"{k}{_SUFFIX}") if isinstance(k, str) else None
+        if code is not None:
+            out[k] = _decode(out[k], code)
+    return out
+
+
+class Compactd(Transform):
+    """Store each float32 image of an item that :func:`lattice_code` can code as uint8 + ``(lo, step)``."""
+
+    def __call__(self, data):
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for k, v in data.items():
+            code = lattice_code(v) if isinstance(k, str) else None
+            if code is not None:
+                out[k], out[f"{k}{_SUFFIX}"] = code
+        return out
+
+
+class Expandd(Transform, RandomizableTrait):
+    """The float32 images back (:func:`expand`). It carries MONAI's ``RandomizableTrait`` only so that a cache
+    stops before it: the cache holds the compact form, every read gets floats."""
+
+    def __call__(self, data):
+        return [expand(d) for d in data] if isinstance(data, list) else expand(data)
