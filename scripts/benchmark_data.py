@@ -2,6 +2,8 @@
 
     python scripts/benchmark_data.py                          # 2D 28, 64, 224 px and 3D 96^3
     python scripts/benchmark_data.py --sizes "[28]" --sizes_3d "[]" --items 32   # quick
+    python scripts/benchmark_data.py --sizes "[28]" --sizes_3d "[]" --items 256 --reads 1024 \\
+        --data_format medmnist --data_path ../shared/data/pneumoniamnist_trainval.npz   # real X-rays, 28 px
 
 For each training size, the bundle's own ``train#dataset`` (its synthetic set, memory cache) is built in one
 thread, then read through the bundle's ``train#dataloader`` (``num_workers`` 0). Reported per size:
@@ -69,7 +71,8 @@ def _rate(batches, reads: int, augment=None) -> float:
     return n / (time.process_time() - t0)
 
 
-def measure(config: list[str], size: list[int], items: int, reads: int, batch: int, rounds: int) -> dict:
+def measure(config: list[str], size: list[int], items: int, reads: int, batch: int, rounds: int,
+            data: dict | None = None) -> dict:
     from monai.bundle import ConfigParser
     from monai.data import DataLoader
     from monai.transforms import Compose
@@ -82,6 +85,8 @@ def measure(config: list[str], size: list[int], items: int, reads: int, batch: i
     with tempfile.TemporaryDirectory() as root:
         p["bundle_root"] = root
         p["img_size"], p["max_items"], p["num_workers"], p["batch_size"] = size, items, 0, batch
+        for k, v in (data or {}).items():
+            p[k] = v
         p.parse()
         data = p.get_parsed_content("train#datalist").data  # writes the synthetic set: not timed
         t0 = time.process_time()
@@ -116,15 +121,19 @@ def measure(config: list[str], size: list[int], items: int, reads: int, batch: i
 
 
 def main(sizes=(28, 64, 224), sizes_3d=(96,), items: int = 64, reads: int = 256, batch: int = 32,
-         rounds: int = 3) -> None:
+         rounds: int = 3, data_format: str | None = None, data_path: str | None = None) -> None:
+    """``data_format`` / ``data_path``: the 2D rows read these images instead of the synthetic set (e.g. a MedMNIST
+    ``.npz`` at its own size, whose pixels the cache keeps in one byte)."""
+    data = {"data_format": data_format, "data_path": os.path.abspath(data_path)} if data_path else None
     torch.set_num_threads(1)
     rows = []
     for s in sizes:
-        rows.append((f"2D {s}x{s}", measure(["train.json"], [s, s], items, reads, batch, rounds)))
+        rows.append((f"2D {s}x{s}", measure(["train.json"], [s, s], items, reads, batch, rounds, data)))
     for s in sizes_3d:
         rows.append((f"3D {s}^3", measure(["train.json", "train_3d.json"], [s, s, s], min(items, 8), min(reads, 32),
                                           2, rounds)))
-    print(f"torch {torch.__version__}, 1 thread, process CPU time; mae_pretrain's synthetic set, memory cache; "
+    source = f"2D: {data_format} {data_path}" if data_path else "mae_pretrain's synthetic set"
+    print(f"torch {torch.__version__}, 1 thread, process CPU time; {source}, memory cache; "
           f"median of {rounds} interleaved rounds\n")
     print("| size | cache build, ms/item | cache bytes/item | cache / uint8 | per item (MONAI), images/s per core | "
           "on the batch, images/s per core | on the batch / per item [rounds] | DataLoader part alone | "

@@ -1,6 +1,8 @@
 """Issue 28 item 1: the random augmentation of a whole batch on the device draws what MONAI's per-item chain drew,
 resizes the crop exactly as ``interpolate`` does, moves every key together; the attention refresh reads the cache."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -34,7 +36,7 @@ def _contingency(a, b):
 
 @pytest.mark.parametrize("spatial,lo", [((28, 28), 0.6), ((64, 48), 0.75), ((12, 10, 14), 0.75)])
 def test_crop_sizes_and_positions_are_distributed_as_monai_drew_them(spatial, lo):
-    n = 3000
+    n = 2000
     m_sizes, m_starts = _monai_boxes(spatial, lo, n)
     torch.manual_seed(0)
     draw = BatchAugment(["image"], crop_scale=(lo, 1.0), flip_prob=0.0).draw(n, spatial)
@@ -235,3 +237,27 @@ def test_mixup_and_cutmix_mix_labels_by_the_share_of_each_image(kind):
     assert mixing(3) is None and isinstance(mixing(3, 0.8, 1.0), MixCut)
     with pytest.raises(InputError, match="'mixup'"):
         mixing(3, -1.0)
+
+
+def test_the_overrides_the_bundle_docs_show_reach_the_augmentation(tmp_path, synth2d):
+    """mae_pretrain docs: ``--augmentation#crop_scale "[0.2, 1.0]"``, ``--augmentation#flip_prob 0``; vit docs:
+    ``--augmentation#crop_scale "[0.5, 1.0]"``, ``--random_erasing``; 3D: flips of every axis, no crop."""
+    from conftest import REPO, run_bundle
+
+    wf = run_bundle("mae_pretrain", "train.json", run_id="initialize", bundle_root=str(tmp_path / "m"),
+                    dataset_dir=synth2d, **{"augmentation#crop_scale": [0.2, 1.0], "augmentation#flip_prob": 0})
+    aug = wf.parser.get_parsed_content("augmentation")
+    assert aug.crop_scale == (0.2, 1.0) and aug.flip_prob == 0 and aug.keys == ["image"]
+    wf = run_bundle("vit_classification", "train.json", run_id="initialize", bundle_root=str(tmp_path / "v"),
+                    dataset_dir=synth2d, pretrained_ckpt="scratch", random_erasing=0.25,
+                    **{"augmentation#crop_scale": [0.5, 1.0]})
+    aug = wf.parser.get_parsed_content("augmentation")
+    assert aug.crop_scale == (0.5, 1.0) and aug.erase_prob == 0.25 and aug.keys == ["image", "attn"]
+    from monai.bundle import ConfigParser
+
+    from medmae_ext.bundle.workflow import config_files
+
+    p = ConfigParser()
+    p.read_config(config_files(os.path.join(REPO, "bundles", "mae_pretrain", "configs"), "train_3d.json"))
+    aug3 = p.get_parsed_content("augmentation")
+    assert aug3.crop_scale is None and aug3.flip_axes == [0, 1, 2] and aug3.flip_prob == 0.2

@@ -100,6 +100,17 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Fine-tuning options: {'label_smoothing': 0.1}" in open(smoothed / "results.md").read()
+    # the batch augmentation and the recipe's batch options (mixup / CutMix, random erasing), on the same encoders
+    batch_cmds = readme_commands("### Augmentation on the batch", "docs/evidence.md")
+    assert len(batch_cmds) == 3
+    for i, (cmd, option) in enumerate(zip(batch_cmds, (None, "{'mixup': 0.8, 'cutmix': 1.0}",
+                                                       "{'random_erasing': 0.25}"))):
+        out = tmp_path / f"batch{i}"
+        r = subprocess.run(["bash", "-c", cmd + shrink.replace(str(work), str(out)) + f" --pretrain_dir {work} --arms mae"],
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        md = open(out / "results.md").read()
+        assert (f"Fine-tuning options: {option}." in md) if option else ("Fine-tuning options" not in md)
 
 
 

@@ -74,9 +74,14 @@ class BatchAugment:
         if crop_scale is not None:
             lo, hi = (float(v) for v in crop_scale)
             if not 0 < lo <= hi <= 1:
-                raise InputError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {list(crop_scale)}")
+                raise InputError(
+                    f"config id 'augmentation#crop_scale' must be [lo, hi] with 0 < lo <= hi <= 1, got {list(crop_scale)}"
+                )
             crop_scale = (lo, hi)
-        for name, p in (("flip_prob", flip_prob), ("erase_prob", erase_prob)):
+        for name, p in (
+            ("config id 'augmentation#flip_prob'", flip_prob),
+            ("config id 'random_erasing' ('augmentation#erase_prob')", erase_prob),
+        ):
             if not 0 <= float(p) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {p}")
         self.erase_prob = float(erase_prob)
@@ -91,7 +96,7 @@ class BatchAugment:
         """The random part, from torch's global CPU generator."""
         d = len(spatial)
         if any(a < 0 or a >= d for a in self.flip_axes):
-            raise InputError(f"flip_axes {self.flip_axes} do not fit a {d}D image")
+            raise InputError(f"config id 'augmentation#flip_axes' {self.flip_axes} does not fit a {d}D image")
         size = torch.tensor([int(s) for s in spatial])
         if self.crop_scale is None:
             sizes, starts = size.expand(n, d).clone(), torch.zeros(n, d, dtype=torch.long)
