@@ -159,8 +159,8 @@ class BatchAugment:
                         f"{first!r} has {spatial}: they must match to move together"
                     )
                 out[k] = self.apply(batch[k], draw, grid, inplace)
-        if self.erase_prob:
-            out[first] = self.erase(out[first], inplace=inplace or grid is not None)
+        if self.erase_prob:  # in place where the tensor is already a new one (a crop or a flip wrote it)
+            out[first] = self.erase(out[first], inplace=inplace or out[first] is not batch[first])
         return out
 
     def erase_box(self, spatial: Sequence[int]) -> tuple[slice, ...] | None:
@@ -183,9 +183,9 @@ class BatchAugment:
                 continue
             box = self.erase_box(tuple(x.shape[2:]))
             if box is not None:
-                region = out[(i, slice(None)) + box]
-                noise = torch.randn(region.shape, generator=None).to(x.device, x.dtype)
-                out[(i, slice(None)) + box] = noise * x[i].std() + x[i].mean()
+                where = (i, slice(None)) + box
+                noise = torch.randn(out[where].shape).to(x.device, x.dtype)
+                out[where] = noise * x[i].std() + x[i].mean()
         return out
 
 

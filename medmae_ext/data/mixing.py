@@ -89,9 +89,10 @@ class MixCut:
         keys = [k for k in (self.image_key, self.attention_key) if isinstance(batch.get(k), torch.Tensor)]
         if cutmix:
             box, lam = self.box(tuple(x.shape[2:]), lam)
+            where = (slice(None), slice(None)) + box
             for k in keys:
                 v = batch[k] if inplace else batch[k].clone()
-                v[(slice(None), slice(None)) + box] = batch[k].flip(0)[(slice(None), slice(None)) + box]
+                v[where] = batch[k][where].flip(0)  # the partner's box: only the box is copied
                 out[k] = v
         else:
             for k in keys:
