@@ -131,7 +131,8 @@ def table(results: dict, setup: dict) -> str:
         f"batch {setup['batch_size']}, class_weighting `{setup['class_weighting']}`, balanced_sampling "
         f"`{setup['balanced_sampling']}`; encoders pretrained in `{setup['pretrained_in']}`; seeds {setup['seeds']}: "
         "mean ± sd (AUC and accuracy: 95% t-interval of the mean over seeds) [per seed]."
-        + (f" Fine-tuning options: {setup['finetune']}." if setup.get("finetune") else ""),
+        + (f" Fine-tuning options: {setup['finetune']}." if setup.get("finetune") else "")
+        + (f" Pretraining options: {setup['pretrain']}." if setup.get("pretrain") else ""),
         "",
         "| arm | initialisation | AUC | accuracy | macro F1 | " + " | ".join(f"recall {n}" for n in names)
         + " | best epoch | fine-tune time |",
@@ -207,7 +208,8 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
          class_weighting: str = "none", balanced_sampling: bool = False, arms: str = "scratch,mae,msmae,msmae_masked,cnn",
          work_dir: str = "runs/compare_cls", num_workers: int = 0, num_threads: int = 0, max_items: int | None = None,
          reuse_pretraining: bool = False, pretrain_dir: str | None = None, report_only: bool = False,
-         pooling: str | None = None, reevaluate: bool = False, finetune: dict | None = None):
+         pooling: str | None = None, reevaluate: bool = False, finetune: dict | None = None,
+         pretrain: dict | None = None):
     """``select_frac 0`` selects the checkpoint on ``eval_split`` itself (optimistic for every arm; the table says so).
     ``reuse_pretraining``: keep a seed's pretrained ``models/model.pt`` already under ``work_dir`` (a rerun that only
     changes the fine-tuning). ``max_items`` keeps the first items of every split (quick checks). Each arm's numbers
@@ -217,7 +219,8 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
     ``work_dir``, e.g. to fine-tune with other options on the same encoders. ``pooling``: the classifier's config id
     ``pooling`` for every arm ("cls" or "mean"; default: the bundle's). ``finetune``: more vit_classification config
     ids for every arm's fine-tuning, e.g. ``"{'label_smoothing': 0.1}"`` (a recipe option measured on the same
-    encoders with ``--pretrain_dir``). Sizes (``img_size``, ``patch_size``) are given
+    encoders with ``--pretrain_dir``). ``pretrain``: more config ids for both pretraining runs, e.g.
+    ``"{'augmentation#crop_scale': [0.45, 1.0]}"`` (a pretraining recipe option; give it its own ``work_dir``). Sizes (``img_size``, ``patch_size``) are given
     to the pretraining runs and the scratch arm only: the other arms and every evaluation read them from the run
     records. ``reevaluate`` (with ``report_only``): score each arm's kept checkpoint again with the current
     ``evaluate.json`` first (no training), e.g. for the per-sample predictions of runs made before they existed."""
@@ -249,7 +252,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
         mae, msmae = os.path.join(pre_root, "mae"), os.path.join(pre_root, "msmae")
         # the pretraining configs have their own max_items config id
         pre = {**train, **sizes, "data_kwargs": {k: v for k, v in select.items() if k != "max_items"},
-               "max_items": max_items}
+               "max_items": max_items, **dict(pretrain or {})}
 
         def pretrained(folder):
             return reuse_pretraining and os.path.isfile(os.path.join(folder, "models", "model.pt"))
@@ -305,7 +308,7 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
     setup = {"eval_split": eval_split, "pretrain_epochs": pretrain_epochs, "epochs": epochs, "batch_size": batch_size,
              "class_weighting": class_weighting, "balanced_sampling": balanced_sampling, "seeds": seeds,
              "pretrained_in": os.path.abspath(pretrain_dir or work_dir), "select_frac": select_frac,
-             "finetune": {**head} or None,
+             "finetune": {**head} or None, "pretrain": dict(pretrain or {}) or None,
              "class_names": list(next(iter(results.values()))[0]["per_class"]),
              "selection": f"a {select_frac:g} label-stratified cut of the training split" if select_frac
              else f"`{eval_split}` itself (optimistic: the same split selects and scores)"}
