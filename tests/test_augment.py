@@ -240,14 +240,14 @@ def test_mixup_and_cutmix_mix_labels_by_the_share_of_each_image(kind):
 
 
 def test_the_overrides_the_bundle_docs_show_reach_the_augmentation(tmp_path, synth2d):
-    """mae_pretrain docs: ``--augmentation#crop_scale "[0.2, 1.0]"``, ``--augmentation#flip_prob 0``; vit docs:
+    """mae_pretrain docs: ``--augmentation#crop_scale "[0.45, 1.0]"``, ``--augmentation#flip_prob 0``; vit docs:
     ``--augmentation#crop_scale "[0.5, 1.0]"``, ``--random_erasing``; 3D: flips of every axis, no crop."""
     from conftest import REPO, run_bundle
 
     wf = run_bundle("mae_pretrain", "train.json", run_id="initialize", bundle_root=str(tmp_path / "m"),
-                    dataset_dir=synth2d, **{"augmentation#crop_scale": [0.2, 1.0], "augmentation#flip_prob": 0})
+                    dataset_dir=synth2d, **{"augmentation#crop_scale": [0.45, 1.0], "augmentation#flip_prob": 0})
     aug = wf.parser.get_parsed_content("augmentation")
-    assert aug.crop_scale == (0.2, 1.0) and aug.flip_prob == 0 and aug.keys == ["image"]
+    assert aug.crop_scale == (0.45, 1.0) and aug.flip_prob == 0 and aug.keys == ["image"]
     wf = run_bundle("vit_classification", "train.json", run_id="initialize", bundle_root=str(tmp_path / "v"),
                     dataset_dir=synth2d, pretrained_ckpt="scratch", random_erasing=0.25,
                     **{"augmentation#crop_scale": [0.5, 1.0]})

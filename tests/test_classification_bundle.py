@@ -301,13 +301,17 @@ def test_label_smoothing_is_a_config_option(tmp_path, synth2d):
 
 
 def test_mixup_cutmix_and_random_erasing_are_config_options_the_trainer_applies(tmp_path, synth2d):
-    """Issue 30 item 1: ``--mixup`` / ``--cutmix`` / ``--random_erasing`` reach the training batch (soft labels that
-    sum to one, a loss that takes them); the validation batches stay as they are."""
+    """Issue 30 item 1: ``--mixup`` / ``--cutmix`` / ``--random_erasing`` / ``--rand_augment`` reach the training
+    batch (soft labels that sum to one, a loss that takes them); the validation batches stay as they are."""
     from ignite.engine import Events
 
     wf = run_bundle(B, "train.json", run_id="initialize", bundle_root=str(tmp_path), dataset_dir=synth2d,
                     pretrained_ckpt="scratch", mixup=0.8, cutmix=1.0, random_erasing=0.25, label_smoothing=0.1,
-                    **FAST)
+                    rand_augment=2, rand_augment_magnitude=7, **FAST)
+    ra = wf.parser.get_parsed_content("augmentation").rand_augment
+    assert (ra.num_ops, ra.magnitude, ra.keys) == (2, 7.0, ["image", "attn"])
+    rounds, do_round = [], ra.round
+    ra.round = lambda batch, *a: rounds.append(batch["image"].shape) or do_round(batch, *a)
     trainer = wf.parser.get_parsed_content("train#trainer")
     seen, validated = [], []
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.batch["label"]))
@@ -318,7 +322,13 @@ def test_mixup_cutmix_and_random_erasing_are_config_options_the_trainer_applies(
     assert any(((y > 0) & (y < 1)).any() for y in seen)  # mixed, not one-hot
     assert validated and all(y.dtype != torch.float32 or y.ndim == 1 for y in validated)
     assert float(trainer.state.output["loss"]) > 0
+    assert rounds == [(4, 1, 64, 64)] * 4  # two rounds on each of the two training batches, none on validation
     with pytest.raises(Exception) as info:
         run_bundle(B, "train.json", bundle_root=str(tmp_path / "bad"), dataset_dir=synth2d, pretrained_ckpt="scratch",
                    mixup=-1, **FAST)
     assert "config id 'mixup' (a Beta alpha) must be >= 0" in raised(info, InputError)
+    with pytest.raises(Exception) as info:
+        run_bundle(B, "train.json", bundle_root=str(tmp_path / "bad2"), dataset_dir=synth2d, pretrained_ckpt="scratch",
+                   rand_augment=-1, **FAST)
+    assert "config id 'rand_augment' (operations per image) must be an integer >= 0" in raised(info, InputError)
+    assert not os.path.exists(tmp_path / "bad2" / "models")  # stopped before training

@@ -57,6 +57,8 @@ class BatchAugment:
             0.25): the probability that an image gets one box of noise, drawn from the image's own mean and
             standard deviation. The box covers ``erase_area`` of the image; its first two sides have the ratio
             ``exp(U(log erase_aspect))`` (timm's ``RandomErasing``; 3D: the third side is the box's mean side).
+        rand_augment: a :class:`~medmae_ext.data.randaugment.RandAugment` applied after the crop and flips and
+            before random erasing (timm's order), or None.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class BatchAugment:
         erase_prob: float = 0.0,
         erase_area: Sequence[float] = (0.02, 1 / 3),
         erase_aspect: Sequence[float] = (0.3, 3.3),
+        rand_augment=None,
     ) -> None:
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         if crop_scale is not None:
@@ -91,6 +94,7 @@ class BatchAugment:
         self.flip_prob = float(flip_prob)
         self.flip_axes = [int(a) for a in flip_axes]
         self.mode = mode
+        self.rand_augment = rand_augment
 
     def draw(self, n: int, spatial: Sequence[int]) -> AugmentDraw:
         """The random part, from torch's global CPU generator."""
@@ -159,6 +163,8 @@ class BatchAugment:
                         f"{first!r} has {spatial}: they must match to move together"
                     )
                 out[k] = self.apply(batch[k], draw, grid, inplace)
+        if self.rand_augment is not None:
+            out = self.rand_augment(out)
         if self.erase_prob:  # in place where the tensor is already a new one (a crop or a flip wrote it)
             out[first] = self.erase(out[first], inplace=inplace or out[first] is not batch[first])
         return out
