@@ -1,6 +1,7 @@
 """Issue 28 item 1: the random augmentation of a whole batch on the device draws what MONAI's per-item chain drew,
 resizes the crop exactly as ``interpolate`` does, moves every key together; the attention refresh reads the cache."""
 
+import copy
 import os
 
 import numpy as np
@@ -190,6 +191,59 @@ def test_images_off_a_byte_lattice_stay_float32_and_label_maps_and_meta_survive(
     assert torch.equal(back["image"], smooth) and sorted(back) == ["image", "label"]
     flat = torch.full((1, 4, 4), 0.25)  # one value
     assert torch.equal(Expandd()(Compactd()({"image": flat}))["image"], flat)
+
+
+def test_the_memory_cache_packs_entries_into_blocks_and_gives_what_monai_s_cache_gives():
+    """Issue 28: entries sit in shared blocks (a 20k-item set no longer fragments the heap, scripts/benchmark_memory.py);
+    what an item reads is MONAI's ``CacheDataset``'s, values, dtypes, meta and random draws; a read copies the item,
+    never the block; a spawned worker gets each block once."""
+    import pickle
+
+    from monai.data import CacheDataset, MetaTensor
+
+    from medmae_ext.data.caching import PackedCacheDataset
+
+    class _Meta(MapTransform):  # a 3D-like entry: a MetaTensor with meta, and a float map off any lattice
+        def __call__(self, d):
+            return {**d, "vol": MetaTensor(torch.rand(1, 6, 6, 6), meta={"filename_or_obj": d["id"]})}
+
+    chain = Compose([EnsureTyped("image", dtype=torch.float32, track_meta=False), _Meta("vol"),
+                     RandScaleCropd(["image", "vol"], roi_scale=0.5, random_size=True)])
+    items = _uint8_items(n=12, size=16)
+    torch.manual_seed(0)
+    packed = cached_dataset(items, chain, cache="memory")
+    assert isinstance(packed, PackedCacheDataset)
+    torch.manual_seed(0)
+    plain = CacheDataset(items, copy.deepcopy(packed.transform), cache_rate=1.0)  # the same chain, compact coding too
+    for i in range(12):
+        a, b = packed._cache[i], plain._cache[i]
+        assert sorted(a) == sorted(b)
+        assert torch.equal(a["image"], b["image"]) and a["image"].dtype == b["image"].dtype
+        assert type(a["vol"]) is MetaTensor and a["vol"].meta["filename_or_obj"] == f"s{i}"
+    # the entries are views of one block
+    storages = {packed._cache[i][k].untyped_storage().data_ptr() for i in range(12) for k in ("image", "vol")}
+    assert len(storages) == 1
+    block = packed._cache[0]["image"].untyped_storage().nbytes()
+    # reads: the same random draws as MONAI's, and a copy of the item only
+    packed.transform.set_random_state(5)
+    plain.transform.set_random_state(5)
+    for i in range(12):
+        got, want = packed[i], plain[i]
+        assert torch.equal(got["image"], want["image"]) and torch.equal(got["vol"], want["vol"])
+        assert got["image"].untyped_storage().nbytes() < block  # not a copy of the block
+        got["vol"].fill_(-1)  # writing to what a read returned leaves the cache as it was
+    assert all(float(packed._cache[i]["vol"].min()) >= 0 for i in range(12))
+    # a DataLoader worker started by spawn gets the blocks through shared memory, each once, and reads the same items
+    from multiprocessing.reduction import ForkingPickler
+
+    from torch import multiprocessing  # noqa: F401 - registers the shared-memory reductions of tensors, storages
+
+    small = PackedCacheDataset(items, Compose([EnsureTyped("image", dtype=torch.float32)]), cache_rate=1.0,
+                               block_bytes=64 << 10)
+    assert len(bytes(ForkingPickler.dumps(small))) < 32 << 10  # handles, not 12 copies of the 64 KiB block
+    loader = torch.utils.data.DataLoader(small, batch_size=4, num_workers=1, multiprocessing_context="spawn")
+    assert all(torch.equal(b["image"], torch.stack([small[4 * j + k]["image"] for k in range(4)]))
+               for j, b in enumerate(loader))
 
 
 # the fine-tuning recipe's batch options (issue 30 item 1) ------------------------------------------------------------

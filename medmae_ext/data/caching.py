@@ -3,7 +3,9 @@
 ``cache`` (config id ``dataset_cache`` of every training config):
 
 * ``"memory"`` (default) -- MONAI ``CacheDataset``: every item's deterministic transforms once, in RAM. Fastest;
-  needs the whole preprocessed split in RAM on every process (under ``multi_gpu_train.json``: its shard).
+  needs the whole preprocessed split in RAM on every process (under ``multi_gpu_train.json``: its shard). The entries
+  are packed into large blocks (:class:`PackedCacheDataset`): kept one by one among each item's short-lived float
+  copies, they left the C heap fragmented, and a 20k-item 224 px set took 5.6x its pixels' bytes instead of ~1x.
 * ``"disk"`` -- MONAI ``PersistentDataset`` under ``cache_dir``: computed once, read back every epoch; for sets that
   do not fit in RAM (ChestX-ray14's 112k images at 224 px are ~22 GB as float32). The cache key of an item covers
   the item, the size and modification time of each file it names, and the deterministic transforms with their
@@ -17,11 +19,13 @@ MSMAE attention refresh), from the cache where there is one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
 
 import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Transform
 from monai.transforms.traits import RandomizableTrait
@@ -29,7 +33,7 @@ from monai.transforms.traits import RandomizableTrait
 from .compact import Compactd, Expandd, expand
 from .readers import DatalistError
 
-__all__ = ["CACHE_KINDS", "CachedView", "CheckedPersistentDataset", "cached_dataset", "item_hash"]
+__all__ = ["CACHE_KINDS", "CachedView", "CheckedPersistentDataset", "PackedCacheDataset", "cached_dataset", "item_hash"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +85,78 @@ class CheckedPersistentDataset(PersistentDataset):
         return super()._cachecheck(item_transformed)
 
 
+class PackedCacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` whose entries' CPU tensors are copied into blocks of ``block_bytes`` (views of them).
+
+    Building an entry makes several short-lived float copies of the image (load, scaling, the compact coding), each
+    larger than the entry. Kept where the allocator put it, every entry pinned its share of the C heap between them,
+    and the heap could not shrink: the resident memory of a memory cache grew by about the float32 image per item
+    (measured: 20k items at 224 px, 0.93 GiB of uint8 pixels, grew 5.25 GiB). In blocks, the entries sit together and
+    the short-lived copies reuse the same free space (the same set: 0.97 GiB). What the entries hold is unchanged:
+    the same values, dtypes, shapes and ``MetaTensor`` meta; a tensor larger than a quarter block is kept as it is."""
+
+    def __init__(self, *args, block_bytes: int = 32 << 20, **kwargs) -> None:
+        self._block_bytes = int(block_bytes)
+        self._block: torch.Tensor | None = None
+        self._used = 0
+        self._lock = threading.Lock()
+        super().__init__(*args, copy_cache=False, **kwargs)
+
+    def __getstate__(self):  # DataLoader workers started by spawn: the lock stays here
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def _pack_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        n = t.numel() * t.element_size()
+        if t.device.type != "cpu" or n == 0 or n > self._block_bytes // 4 or t.requires_grad:
+            return t
+        with self._lock:
+            if self._block is None or self._used + n > self._block.numel():
+                self._block, self._used = torch.empty(self._block_bytes, dtype=torch.uint8), 0
+            start, self._used = self._used, (self._used + n + 63) // 64 * 64  # aligned for any dtype
+            block = self._block
+        return block[start : start + n].view(t.dtype).view(t.shape).copy_(t)
+
+    def _pack(self, value):
+        if isinstance(value, dict):
+            return {k: self._pack(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._pack(v) for v in value)
+        if type(value) is torch.Tensor:
+            return self._pack_tensor(value)
+        if type(value) is MetaTensor:
+            packed = self._pack_tensor(value.as_tensor())
+            return MetaTensor(packed, meta=value.meta, applied_operations=value.applied_operations)
+        return value
+
+    def _load_cache_item(self, idx: int):
+        return self._pack(super()._load_cache_item(idx))
+
+    @classmethod
+    def _copy(cls, value):
+        """A copy for the random transforms (MONAI's ``copy_cache``); ``deepcopy`` would copy a view's whole block."""
+        if isinstance(value, dict):
+            return {k: cls._copy(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(cls._copy(v) for v in value)
+        if isinstance(value, torch.Tensor):
+            return value.clone()
+        return copy.deepcopy(value)
+
+    def _transform(self, index: int):
+        if self.hash_as_key or self._cache is None or not -len(self) <= index < self.cache_num:
+            return super()._transform(index)  # MONAI's path (copy_cache is off: this class copies)
+        data = self._cache[index]
+        if data is None:
+            data = self._cache[index] = self._load_cache_item(index)
+        first_random = _first_random(self.transform)
+        return data if first_random is None else self.transform(self._copy(data), start=first_random)
+
+
 def cached_dataset(
     data,
     transform,
@@ -114,7 +190,7 @@ def cached_dataset(
     if cache != "none" and compact:
         transform = compact_at_cache(transform)
     if cache == "memory":
-        return CacheDataset(data, transform, cache_rate=1.0, num_workers=num_workers)
+        return PackedCacheDataset(data, transform, cache_rate=1.0, num_workers=num_workers)
     if cache == "disk":
         if not cache_dir:
             raise DatalistError(f"config id {config_id!r}='disk' needs a cache folder (config id 'cache_dir')")
