@@ -6,8 +6,9 @@
 
 A MedMNIST-style ``.npz`` of ``items`` uint8 images at ``size`` px (stored at the training size, as ChestX-ray14
 prepared at 224 px would be) is written to a temporary folder; with ``--source png`` the same images are written as
-PNG files instead (``--data_format images``: the datalist holds file names, the cache holds the pixels). For each cache kind, a fresh process builds
-mae_pretrain's own ``train#dataset`` and ``train#dataloader`` on it (``--data_format medmnist``), reads one epoch
+PNG files instead (``--data_format images``: the datalist holds file names, the cache holds the pixels). For each
+cache kind, a fresh process builds mae_pretrain's own ``train#dataset`` and ``train#dataloader`` on it
+(``--data_format medmnist`` or ``images``), reads one epoch
 with the batch augmentation applied (on the CPU, as ``AugmentOnDevice`` applies it on the training device) and reports
 its resident set size (``VmRSS``, ``VmHWM`` of ``/proc/self/status``) after the imports, after the datalist is read,
 after the cache is built and after the epoch. The growth is counted from after the imports (torch and MONAI
