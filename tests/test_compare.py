@@ -111,6 +111,21 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         md = open(out / "results.md").read()
         assert (f"Fine-tuning options: {option}." in md) if option else ("Fine-tuning options" not in md)
+    # RandAugment on the same encoders; the pretraining crop scale (the option reaches both pretraining runs)
+    (ra,) = readme_commands("### RandAugment", "docs/evidence.md")
+    out = tmp_path / "randaug"
+    r = subprocess.run(["bash", "-c", ra + shrink.replace(str(work), str(out)) + f" --pretrain_dir {work}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Fine-tuning options: {'rand_augment': 2}." in open(out / "results.md").read()
+    crop, base = readme_commands("### Pretraining crop scale", "docs/evidence.md")
+    assert base == crop.replace("[0.45, 1.0]", "[0.6, 1.0]").replace("runs/crop045", "runs/crop060")
+    out = tmp_path / "crop"
+    r = subprocess.run(["bash", "-c", crop + shrink.replace(str(work), str(out))], cwd=REPO, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Pretraining options: {'augmentation#crop_scale': [0.45, 1.0]}." in open(out / "results.md").read()
+    assert (out / "seed0" / "pretrain" / "mae" / "models" / "model.pt").is_file()
 
 
 
