@@ -93,40 +93,32 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     record = json.load(open(pooled / "seed0" / "mae" / "models" / "metadata.json"))
     assert record["medmae_run"]["settings"]["pooling"] == "mean", record["medmae_run"]["settings"]
     assert not (pooled / "seed0" / "pretrain").exists()  # the encoders came from --pretrain_dir
+
+    def shrunk(cmd: str, name: str, extra: str = "") -> str:
+        """``cmd`` as written, shrunk, into ``tmp_path / name``: its results.md"""
+        out = tmp_path / name
+        done = subprocess.run(["bash", "-c", cmd + shrink.replace(str(work), str(out)) + extra], cwd=REPO,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return open(out / "results.md").read()
+
     # a fine-tuning recipe option, measured the same way (label smoothing; the bundle test checks the loss it builds)
     (smooth,) = readme_commands("### Label smoothing", "docs/evidence.md")
-    smoothed = tmp_path / "smooth"
-    r = subprocess.run(["bash", "-c", smooth + shrink.replace(str(work), str(smoothed)) + f" --pretrain_dir {work}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "Fine-tuning options: {'label_smoothing': 0.1}" in open(smoothed / "results.md").read()
+    assert "Fine-tuning options: {'label_smoothing': 0.1}" in shrunk(smooth, "smooth", f" --pretrain_dir {work}")
     # the batch augmentation and the recipe's batch options (mixup / CutMix, random erasing), on the same encoders
     batch_cmds = readme_commands("### Augmentation on the batch", "docs/evidence.md")
     assert len(batch_cmds) == 3
     for i, (cmd, option) in enumerate(zip(batch_cmds, (None, "{'mixup': 0.8, 'cutmix': 1.0}",
                                                        "{'random_erasing': 0.25}"))):
-        out = tmp_path / f"batch{i}"
-        r = subprocess.run(["bash", "-c", cmd + shrink.replace(str(work), str(out)) + f" --pretrain_dir {work} --arms mae"],
-                           cwd=REPO, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        md = open(out / "results.md").read()
+        md = shrunk(cmd, f"batch{i}", f" --pretrain_dir {work} --arms mae")
         assert (f"Fine-tuning options: {option}." in md) if option else ("Fine-tuning options" not in md)
     # RandAugment on the same encoders; the pretraining crop scale (the option reaches both pretraining runs)
     (ra,) = readme_commands("### RandAugment", "docs/evidence.md")
-    out = tmp_path / "randaug"
-    r = subprocess.run(["bash", "-c", ra + shrink.replace(str(work), str(out)) + f" --pretrain_dir {work}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "Fine-tuning options: {'rand_augment': 2}." in open(out / "results.md").read()
+    assert "Fine-tuning options: {'rand_augment': 2}." in shrunk(ra, "randaug", f" --pretrain_dir {work}")
     crop, base = readme_commands("### Pretraining crop scale", "docs/evidence.md")
     assert base == crop.replace("[0.45, 1.0]", "[0.6, 1.0]").replace("runs/crop045", "runs/crop060")
-    out = tmp_path / "crop"
-    r = subprocess.run(["bash", "-c", crop + shrink.replace(str(work), str(out))], cwd=REPO, capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "Pretraining options: {'augmentation#crop_scale': [0.45, 1.0]}." in open(out / "results.md").read()
-    assert (out / "seed0" / "pretrain" / "mae" / "models" / "model.pt").is_file()
-
+    assert "Pretraining options: {'augmentation#crop_scale': [0.45, 1.0]}." in shrunk(crop, "crop")
+    assert (tmp_path / "crop" / "seed0" / "pretrain" / "mae" / "models" / "model.pt").is_file()
 
 
 def test_comparison_reports_intervals_over_seeds_and_paired_differences():
