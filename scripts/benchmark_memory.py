@@ -61,7 +61,7 @@ def write_pngs(npz: str, folder: str) -> None:
             Image.fromarray(image).save(os.path.join(folder, f"{i:06d}.png"), compress_level=1)
 
 
-def child(npz: str, size: int, cache: str, cache_dir: str, batch: int, data_format: str = "medmnist") -> dict:
+def child(data_path: str, size: int, cache: str, cache_dir: str, batch: int, data_format: str = "medmnist") -> dict:
     import torch
     from monai.bundle import ConfigParser
 
@@ -70,7 +70,7 @@ def child(npz: str, size: int, cache: str, cache_dir: str, batch: int, data_form
     p = ConfigParser()
     p.read_config([os.path.join(REPO, "bundles", "mae_pretrain", "configs", "train.json")])
     p["bundle_root"] = cache_dir
-    p["data_format"], p["data_path"] = data_format, npz
+    p["data_format"], p["data_path"] = data_format, data_path
     p["img_size"], p["patch_size"] = [size, size], [16, 16] if size % 16 == 0 else [4, 4]
     p["num_workers"], p["batch_size"], p["dataset_cache"], p["cache_dir"] = 0, batch, cache, cache_dir
     p.parse()
@@ -108,7 +108,7 @@ def main(items: int = 20000, size: int = 224, caches=("memory", "disk"), batch: 
             raise SystemExit(f"--source: 'npz' or 'png', got {source!r}")
         rows = []
         for cache in caches:
-            args = {"npz": data, "size": int(size), "cache": cache, "cache_dir": os.path.join(tmp, cache),
+            args = {"data_path": data, "size": int(size), "cache": cache, "cache_dir": os.path.join(tmp, cache),
                     "batch": int(batch), "data_format": data_format}
             done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", json.dumps(args)],
                                   capture_output=True, text=True, cwd=REPO)

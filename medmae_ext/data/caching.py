@@ -85,6 +85,15 @@ class CheckedPersistentDataset(PersistentDataset):
         return super()._cachecheck(item_transformed)
 
 
+def _map_items(value, fn):
+    """``fn`` applied to every leaf of an item (dicts, lists and tuples rebuilt around the results)."""
+    if isinstance(value, dict):
+        return {k: _map_items(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_items(v, fn) for v in value)
+    return fn(value)
+
+
 class PackedCacheDataset(CacheDataset):
     """MONAI's ``CacheDataset`` whose entries' CPU tensors are copied into blocks of ``block_bytes`` (views of them).
 
@@ -122,30 +131,18 @@ class PackedCacheDataset(CacheDataset):
         return block[start : start + n].view(t.dtype).view(t.shape).copy_(t)
 
     def _pack(self, value):
-        if isinstance(value, dict):
-            return {k: self._pack(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(self._pack(v) for v in value)
-        if type(value) is torch.Tensor:
-            return self._pack_tensor(value)
         if type(value) is MetaTensor:
             packed = self._pack_tensor(value.as_tensor())
             return MetaTensor(packed, meta=value.meta, applied_operations=value.applied_operations)
-        return value
+        return self._pack_tensor(value) if type(value) is torch.Tensor else value
 
     def _load_cache_item(self, idx: int):
-        return self._pack(super()._load_cache_item(idx))
+        return _map_items(super()._load_cache_item(idx), self._pack)
 
-    @classmethod
-    def _copy(cls, value):
+    @staticmethod
+    def _copy(value):
         """A copy for the random transforms (MONAI's ``copy_cache``); ``deepcopy`` would copy a view's whole block."""
-        if isinstance(value, dict):
-            return {k: cls._copy(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(cls._copy(v) for v in value)
-        if isinstance(value, torch.Tensor):
-            return value.clone()
-        return copy.deepcopy(value)
+        return value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
 
     def _transform(self, index: int):
         if self.hash_as_key or self._cache is None or not -len(self) <= index < self.cache_num:
@@ -154,7 +151,7 @@ class PackedCacheDataset(CacheDataset):
         if data is None:
             data = self._cache[index] = self._load_cache_item(index)
         first_random = _first_random(self.transform)
-        return data if first_random is None else self.transform(self._copy(data), start=first_random)
+        return data if first_random is None else self.transform(_map_items(data, self._copy), start=first_random)
 
 
 def cached_dataset(

@@ -98,6 +98,9 @@ class RandAugment:
         unknown = [o for o in self.ops if o not in GEOMETRIC_OPS + INTENSITY_OPS]
         if unknown or not self.ops:
             raise InputError(f"RandAugment ops: unknown {unknown}; choose from {list(GEOMETRIC_OPS + INTENSITY_OPS)}")
+        # per operation index: takes a random sign / moves the image (looked up per image in each round)
+        self._signed = torch.tensor([name in SIGNED_OPS for name in self.ops])
+        self._geometric = torch.tensor([name in GEOMETRIC_OPS for name in self.ops])
         self.num_ops, self.magnitude, self.magnitude_std = int(num_ops), float(magnitude), float(magnitude_std)
         self.prob = float(prob)
         self.keys = [keys] if isinstance(keys, str) else list(keys)
@@ -130,10 +133,9 @@ class RandAugment:
         out = dict(batch)
         flat = x.flatten(1)
         lo, hi = flat.amin(1), flat.amax(1)
-        signed = {i for i, name in enumerate(self.ops) if name in SIGNED_OPS}
-        s = torch.where(torch.tensor([int(o) in signed for o in op]), sign, torch.ones_like(sign))
-        level = (m / 10 * s).to(x.device, torch.float64)
-        geo = torch.tensor([int(o) >= 0 and self.ops[o] in GEOMETRIC_OPS for o in op])
+        drawn = op.clamp_min(0)  # -1 (not applied) looks up operation 0; those images are left out below
+        level = (m / 10 * torch.where(self._signed[drawn], sign, 1.0)).to(x.device, torch.float64)
+        geo = (op >= 0) & self._geometric[drawn]
         if geo.any():
             idx = geo.nonzero().flatten().to(x.device)
             names = [self.ops[int(o)] for o in op[geo]]
