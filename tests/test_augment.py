@@ -175,6 +175,44 @@ def test_a_uint8_image_is_cached_in_one_byte_and_read_back_as_the_same_floats(tm
     assert view[0]["image"].dtype == torch.float32 and torch.allclose(view[0]["image"], plain[0]["image"], atol=1e-6)
 
 
+def test_the_memory_cache_of_an_npz_holds_the_reader_s_pixels_once(tmp_path):
+    """Issue 28: the .npz reader's items are views of the file's one uint8 array; the memory cache of those items is a
+    view of the same pixels, not a second copy (20k items at 224 px: 2.1x their bytes before), and reads the same
+    floats as the cache without sharing; an item whose stored levels are not its pixels is copied as before."""
+    from monai.data import CacheDataset
+
+    from medmae_ext.data import preprocessing
+    from medmae_ext.data.compact import TOLERANCE
+    from medmae_ext.data.readers import load_medmnist_npz
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 28, 20), dtype=np.uint8)
+    images[3] = images[3] // 4 + 7  # levels 7..70: stored as pixels - 7, shared all the same
+    images[5] = (images[5] // 2) * 2  # even pixels only: levels are pixels / 2, not the pixels: copied
+    np.savez(tmp_path / "d.npz", train_images=images, train_labels=np.arange(10)[:, None] % 2)
+    items = load_medmnist_npz(str(tmp_path / "d.npz"))
+    settings = {"spatial_dims": 2, "in_channels": 1, "img_size": [20, 28], "modality": "XR"}
+    chain = Compose(preprocessing(settings) + [EnsureTyped("image", dtype=torch.float32, track_meta=False)])
+    ds = cached_dataset(items, chain, cache="memory")
+    plain = CacheDataset(items, copy.deepcopy(ds.transform), cache_rate=1.0)  # MONAI's cache of the same entries
+    root = items[0]["image"].base
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    for i in range(10):
+        entry = ds._cache[i]["image"]
+        held = entry.as_tensor() if hasattr(entry, "as_tensor") else entry
+        assert np.shares_memory(held.numpy(), root) == (i != 5), i
+        got, want = ds[i]["image"], plain[i]["image"]
+        assert got.is_contiguous() and got.shape == want.shape == (1, 20, 28)
+        assert (got - want).abs().max() <= TOLERANCE, i
+        assert torch.allclose(CachedView(ds)[i]["image"], want, atol=TOLERANCE)
+    assert np.array_equal(items[0]["image"], images[0].T[None])  # the reader's items are untouched
+    got = ds[0]["image"]
+    got.fill_(-1)  # writing to a read leaves the cache and the reader's array as they were
+    assert np.array_equal(items[0]["image"], images[0].T[None]) and float(ds._cache[0]["image"].min()) >= 0
+    assert torch.equal(ds[1]["image"], plain[1]["image"])
+
+
 def test_images_off_a_byte_lattice_stay_float32_and_label_maps_and_meta_survive():
     from monai.data import MetaTensor
 
@@ -209,7 +247,8 @@ def test_the_memory_cache_packs_entries_into_blocks_and_gives_what_monai_s_cache
 
     chain = Compose([EnsureTyped("image", dtype=torch.float32, track_meta=False), _Meta("vol"),
                      RandScaleCropd(["image", "vol"], roi_scale=0.5, random_size=True)])
-    items = _uint8_items(n=12, size=16)
+    # images as tensors: an entry that is not the item's own uint8 array (the test above) is copied into a block
+    items = [{**d, "image": torch.as_tensor(d["image"])} for d in _uint8_items(n=12, size=16)]
     torch.manual_seed(0)
     packed = cached_dataset(items, chain, cache="memory")
     assert isinstance(packed, PackedCacheDataset)

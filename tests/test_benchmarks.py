@@ -76,10 +76,10 @@ def test_readme_gpu_benchmark_command_prints_every_part(capsys):
     assert "no GPU here: CPU figures" in out
 
 
-def test_benchmark_memory_shows_the_memory_cache_holding_one_byte_a_pixel_and_the_disk_cache_none(capsys):
-    """Issue 28: the resident-memory table (3,000 items at 224 px here). The memory cache adds about the uint8 pixels:
-    compact (float32 would be 4x) and packed (kept one by one, the entries fragmented the heap: 2.0x here, 5.6x at 20k
-    items); the disk cache adds next to nothing to the process; the .npz reader keeps the pixels once, as uint8."""
+def test_benchmark_memory_shows_the_npz_pixels_held_once_by_reader_and_cache_together(capsys):
+    """Issue 28: the resident-memory table (3,000 items at 224 px here). The .npz reader keeps the pixels once, as
+    uint8; the memory cache of its items adds next to nothing: its entries are views of the reader's pixels (a copy in
+    blocks took 1.0x more, kept one by one 2.0x here and 5.6x at 20k items); the disk cache adds nothing either."""
     import benchmark_memory
 
     benchmark_memory.main(items=3000, size=224)
@@ -87,7 +87,7 @@ def test_benchmark_memory_shows_the_memory_cache_holding_one_byte_a_pixel_and_th
     assert list(rows) == ["memory", "disk"]
     pixels = 3000 * 224 * 224 / 2**20  # MiB
     cache = {k: float(r[2].replace(",", "")) for k, r in rows.items()}
-    assert 0.9 * pixels <= cache["memory"] <= 1.4 * pixels, (cache, pixels)
+    assert cache["memory"] < 0.25 * pixels, (cache, pixels)
     assert cache["disk"] < 0.1 * pixels, (cache, pixels)
     datalist = float(rows["memory"][1].replace(",", ""))
     assert 0.9 * pixels <= datalist <= 1.2 * pixels  # no float copy in the datalist

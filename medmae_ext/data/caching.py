@@ -5,7 +5,8 @@
 * ``"memory"`` (default) -- MONAI ``CacheDataset``: every item's deterministic transforms once, in RAM. Fastest;
   needs the whole preprocessed split in RAM on every process (under ``multi_gpu_train.json``: its shard). The entries
   are packed into large blocks (:class:`PackedCacheDataset`): kept one by one among each item's short-lived float
-  copies, they left the C heap fragmented, and a 20k-item 224 px set took 5.6x its pixels' bytes instead of ~1x.
+  copies, they left the C heap fragmented, and a 20k-item 224 px set took 5.6x its pixels' bytes instead of ~1x. An
+  entry whose stored levels are the uint8 pixels its item already holds (the ``.npz`` reader) is a view of them.
 * ``"disk"`` -- MONAI ``PersistentDataset`` under ``cache_dir``: computed once, read back every epoch; for sets that
   do not fit in RAM (ChestX-ray14's 112k images at 224 px are ~22 GB as float32). The cache key of an item covers
   the item, the size and modification time of each file it names, and the deterministic transforms with their
@@ -30,7 +31,7 @@ from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Transform
 from monai.transforms.traits import RandomizableTrait
 
-from .compact import Compactd, Expandd, expand
+from .compact import Compactd, Expandd, expand, source_codes
 from .readers import DatalistError
 
 __all__ = ["CACHE_KINDS", "CachedView", "CheckedPersistentDataset", "PackedCacheDataset", "cached_dataset", "item_hash"]
@@ -102,18 +103,24 @@ class PackedCacheDataset(CacheDataset):
     and the heap could not shrink: the resident memory of a memory cache grew by about the float32 image per item
     (measured: 20k items at 224 px, 0.93 GiB of uint8 pixels, grew 5.25 GiB). In blocks, the entries sit together and
     the short-lived copies reuse the same free space (the same set: 0.97 GiB). What the entries hold is unchanged:
-    the same values, dtypes, shapes and ``MetaTensor`` meta; a tensor larger than a quarter block is kept as it is."""
+    the same values, dtypes, shapes and ``MetaTensor`` meta; a tensor larger than a quarter block is kept as it is.
+
+    An image whose stored levels are the uint8 pixels its datalist item already holds (the MedMNIST ``.npz`` reader)
+    is not copied at all: its entry is a view of those pixels (:func:`~medmae_ext.data.compact.source_codes`), so the
+    reader and the cache hold them once between them."""
 
     def __init__(self, *args, block_bytes: int = 32 << 20, **kwargs) -> None:
         self._block_bytes = int(block_bytes)
         self._block: torch.Tensor | None = None
         self._used = 0
         self._lock = threading.Lock()
+        self._sources: dict = {}
         super().__init__(*args, copy_cache=False, **kwargs)
+        self._sources = {}  # the entries hold views of the arrays; a later entry shares them by address all the same
 
     def __getstate__(self):  # DataLoader workers started by spawn: the lock stays here
         state = dict(self.__dict__)
-        state["_lock"] = None
+        state["_lock"], state["_sources"] = None, {}
         return state
 
     def __setstate__(self, state) -> None:
@@ -137,7 +144,12 @@ class PackedCacheDataset(CacheDataset):
         return self._pack_tensor(value) if type(value) is torch.Tensor else value
 
     def _load_cache_item(self, idx: int):
-        return _map_items(super()._load_cache_item(idx), self._pack)
+        entry = super()._load_cache_item(idx)
+        with self._lock:
+            shared = source_codes(entry, self.data[idx], self._sources)
+        if not shared:
+            return _map_items(entry, self._pack)
+        return {k: v if k in shared else _map_items(v, self._pack) for k, v in entry.items()}
 
     @staticmethod
     def _copy(value):

@@ -9,17 +9,22 @@ uint8 plus ``(lo, step)``, and :class:`Expandd` gives the float32 image back whe
 stays float32). A resize or resampling between reading and caching leaves values off any lattice: those images
 stay float32 (store the images at the training size to get the 1-byte cache).
 
+Where an item already holds its image as a uint8 array (the MedMNIST ``.npz`` reader: views into the file's one
+array) and the stored levels are those pixels, :func:`source_codes` makes the cache entry a view of that array instead
+of a second copy of the same bytes: the pixels are in memory once, for the reader and the cache together.
+
 :func:`medmae_ext.data.caching.cached_dataset` puts the pair at the boundary of its memory or disk cache, so every
 bundle's cache holds what it can in one byte and every transform after the cache sees float32 as before.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from monai.transforms import Transform
 from monai.transforms.traits import RandomizableTrait
 
-__all__ = ["Compactd", "Expandd", "lattice_code", "expand", "TOLERANCE"]
+__all__ = ["Compactd", "Expandd", "lattice_code", "expand", "source_codes", "TOLERANCE"]
 
 #: largest difference between an image and its stored form, as a fraction of the image's value range
 TOLERANCE = 1e-6
@@ -27,7 +32,7 @@ _SUFFIX = "__lattice"
 
 
 def _decode(codes: torch.Tensor, lo_step: torch.Tensor) -> torch.Tensor:
-    return codes.to(torch.float32) * lo_step[1] + lo_step[0]
+    return codes.to(torch.float32, memory_format=torch.contiguous_format) * lo_step[1] + lo_step[0]
 
 
 def lattice_code(x, tolerance: float = TOLERANCE):
@@ -59,6 +64,51 @@ def lattice_code(x, tolerance: float = TOLERANCE):
     if hasattr(x, "meta"):  # a MetaTensor keeps its meta (affine, file name) through the cache
         codes = type(x)(codes, meta=x.meta, applied_operations=x.applied_operations)
     return codes, lo_step
+
+
+def _root(array: np.ndarray) -> np.ndarray:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def source_codes(entry, source, bases: dict) -> set:
+    """Make each lattice code of ``entry`` (a cache entry) that equals the uint8 pixels of the same key in ``source``
+    (the datalist item it was made from) up to a constant a view of those pixels, with ``(lo, step)`` moved to match;
+    returns the keys so made. The view is taken of the array the pixels are a view of (``bases`` keeps one tensor of
+    each such array), so a worker started by spawn gets that array once. The floats given back are checked to stay
+    within :data:`TOLERANCE` as :func:`lattice_code` checks them; where they would not, the entry is left as it is."""
+    shared = set()
+    if not isinstance(entry, dict) or not isinstance(source, dict):
+        return shared
+    for k, codes in entry.items():
+        lo_step = entry.get(f"{k}{_SUFFIX}") if isinstance(k, str) else None
+        pixels = source.get(k)
+        if lo_step is None or not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+            continue
+        if tuple(pixels.shape) != tuple(codes.shape) or not pixels.flags.writeable or pixels.size == 0:
+            continue
+        root = _root(pixels)
+        if id(root) not in bases:
+            bases[id(root)] = (root, torch.from_numpy(root))  # the root is kept: its id stays its own
+        base = bases[id(root)][1]
+        offset = pixels.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+        view = base.as_strided(pixels.shape, [s // pixels.itemsize for s in pixels.strides], offset // pixels.itemsize)
+        plain = codes.as_tensor() if hasattr(codes, "as_tensor") else codes
+        shift = view.to(torch.int16) - plain.to(torch.int16)
+        c = int(shift.reshape(-1)[0])
+        if not bool((shift == c).all()):
+            continue
+        lo, step = float(lo_step[0]), float(lo_step[1])
+        moved = torch.tensor([lo - c * step, step], dtype=torch.float32)
+        span = step * float(plain.max() - plain.min()) if plain.numel() else 0.0
+        if (_decode(view, moved) - _decode(plain, lo_step)).abs().max() > TOLERANCE * max(1.0, span):
+            continue
+        if hasattr(codes, "meta"):
+            view = type(codes)(view, meta=codes.meta, applied_operations=codes.applied_operations)
+        entry[k], entry[f"{k}{_SUFFIX}"] = view, moved
+        shared.add(k)
+    return shared
 
 
 def expand(item):
