@@ -10,7 +10,8 @@ Parts:
             MONAI ``MaskedAutoEncoderViT`` at equal size, with and without AMP (bf16 on CPU, fp16 + GradScaler on
             CUDA) / SDPA / ``torch.compile`` -- ``scripts/benchmark_mae.py``'s interleaved rounds (per-round ratios)
   bundle    mae_pretrain as the bundle runs it (``SupervisedTrainer``, data loading, handlers) vs its own network,
-            loss and optimizer stepped on one of its batches (model only): imgs/s over the same iterations
+            loss and optimizer stepped on one of its batches (model only): imgs/s over the same iterations, in
+            ``--rounds`` interleaved rounds (one trainer epoch each; median ratio and range)
   finetune  MSMAE masked fine-tuning: FLOPs and time of the ViT-B classifier with all tokens vs the kept ones
   unetr     UNETR (the bundle's network, 64^3 window) sliding-window inference over a 128^3 volume, with/without AMP
   ddp       CPU only: mae_pretrain samples/s with 2 torchrun processes of 1 thread vs 1 process of 1 thread, the same
@@ -22,8 +23,10 @@ bundle end-to-end >= 0.9x the model-only step; 2-process DDP on CPU >= 1.6x one 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,29 +66,28 @@ def _mae_workflow(root: str, overrides: dict):
                              bundle_root=root, **overrides)
 
 
-def part_bundle(device: str, iterations: int, batch: int, img: int, workers: int | None = None) -> None:
-    """End-to-end trainer imgs/s (the second epoch: caches filled, no start-up; iterations only, not the per-epoch
-    checkpoint) vs the same network, loss and optimizer stepped on one batch of the bundle's own data."""
+def part_bundle(device: str, iterations: int, batch: int, img: int, workers: int | None = None,
+                rounds: int = 1) -> None:
+    """End-to-end trainer imgs/s (epochs after the first: caches filled, no start-up; iterations only, not the
+    per-epoch checkpoint) vs the same network, loss and optimizer stepped on one batch of the bundle's own data, and
+    the data pipeline alone; ``rounds`` interleaved rounds of the three (one trainer epoch each), so a change in the
+    machine's load moves all of them: the ratio is the median of the rounds' ratios, with their range."""
     from ignite.engine import Events
 
     with tempfile.TemporaryDirectory() as root:
-        overrides = dict(epochs=2, epoch_length=iterations, batch_size=batch, img_size=[img, img],
+        overrides = dict(epochs=1, epoch_length=iterations, batch_size=batch, img_size=[img, img],
                          picture_interval=1000, warmup_epochs=0, max_items=max(4 * batch, 64))
         if workers is not None:
             overrides["num_workers"] = workers
         stamps: list[float] = []
-        wf = _mae_workflow(root, dict(overrides, epochs=1))  # builds everything and runs epoch 1 (warm-up)
+        wf = _mae_workflow(root, overrides)  # builds everything and runs epoch 1 (warm-up)
         trainer = wf.parser.get_parsed_content("train#trainer")
         trainer.add_event_handler(Events.ITERATION_COMPLETED,
                                   lambda e: (_sync(device), stamps.append(time.perf_counter())))
-        trainer.state.max_epochs = 2  # a second epoch, timed (ignite continues a finished state to the new max)
-        trainer.run()
-        # iteration 1 -> N of epoch 2: N - 1 steps with their data loading and per-iteration handlers (loss log,
-        # LR schedule, NaN guard); the per-epoch checkpoint and picture are not in it
-        e2e = batch * (iterations - 1) / (stamps[-1] - stamps[-iterations])
         net, loss_fn, opt = (wf.parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
         prep = wf.parser.get_parsed_content("train#prepare_batch")
         loader = wf.parser.get_parsed_content("train#dataloader")
+        augment = wf.parser.get_parsed_content("augmentation")
         dev = wf.parser.get_parsed_content("device")
         amp = bool(wf.parser.get_parsed_content("amp")) and dev.type == "cuda"
         image, target, args, kwargs = prep(next(iter(loader)), dev)
@@ -97,25 +99,36 @@ def part_bundle(device: str, iterations: int, batch: int, img: int, workers: int
 
         step()
         _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(iterations):
-            step()
-        _sync(dev)
-        model_only = batch * iterations / (time.perf_counter() - t0)
-        augment = wf.parser.get_parsed_content("augmentation")
-        t0, n = time.perf_counter(), 0
-        for _, b in zip(range(iterations), loader):  # the data pipeline alone: cached items, collate, batch augmentation
-            b = augment({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+        e2e, model_only, data_only = [], [], []
+        for _ in range(max(1, int(rounds))):
+            # one more trainer epoch (ignite continues a finished state to the new max): iteration 1 -> N, N - 1
+            # steps with their data loading and per-iteration handlers; the per-epoch checkpoint is not in it
+            stamps.clear()
+            trainer.state.max_epochs += 1
+            trainer.run()
+            e2e.append(batch * (iterations - 1) / (stamps[-1] - stamps[0]))
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                step()
             _sync(dev)
-            n += len(b["image"])
-        data_only = n / (time.perf_counter() - t0)
+            model_only.append(batch * iterations / (time.perf_counter() - t0))
+            t0, n = time.perf_counter(), 0
+            for b in itertools.islice(loader, iterations):  # cached items, collate, batch augmentation on the device
+                b = augment({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
+                _sync(dev)
+                n += len(b["image"])
+            data_only.append(n / (time.perf_counter() - t0))
     nw = wf.parser.get_parsed_content("num_workers")
+    ratios = sorted(a / b for a, b in zip(e2e, model_only, strict=True))
+    spread = f" [{ratios[0]:.2f}-{ratios[-1]:.2f}]" if len(ratios) > 1 else ""
     print(f"\n### mae_pretrain bundle end to end vs model only ({img}x{img}, batch {batch}, {iterations} iterations, "
-          f"device {dev}, AMP {'on' if amp else 'off'}, {nw} DataLoader workers)\n")
-    print("| path | imgs/s | of model-only |\n| --- | --- | --- |")
-    print(f"| model only (network + loss + AdamW on one batch) | {model_only:.1f} | 1 |")
-    print(f"| bundle (SupervisedTrainer, data loading, handlers) | {e2e:.1f} | {e2e / model_only:.2f}x |")
-    print(f"| data pipeline alone (DataLoader + augmentation of the batch on the device) | {data_only:.1f} | - |")
+          f"{len(ratios)} interleaved round(s), device {dev}, AMP {'on' if amp else 'off'}, {nw} DataLoader workers)\n")
+    print("| path | imgs/s (median) | of model-only |\n| --- | --- | --- |")
+    print(f"| model only (network + loss + AdamW on one batch) | {statistics.median(model_only):.1f} | 1 |")
+    print(f"| bundle (SupervisedTrainer, data loading, handlers) | {statistics.median(e2e):.1f} | "
+          f"{statistics.median(ratios):.2f}x{spread} |")
+    print(f"| data pipeline alone (DataLoader + augmentation of the batch on the device) | "
+          f"{statistics.median(data_only):.1f} | - |")
 
 
 def part_unetr(device: str, size: int, repeats: int, amp: bool = True) -> None:
@@ -201,7 +214,7 @@ def main(parts: str | tuple = PARTS, device: str | None = None, rounds: int = 3,
         part_step(device, rounds, compile,
                   [p.strip() for p in (step_presets.split(",") if isinstance(step_presets, str) else step_presets)], amp)
     if "bundle" in parts:
-        part_bundle(device, bundle_iterations, bundle_batch, bundle_img, bundle_workers)
+        part_bundle(device, bundle_iterations, bundle_batch, bundle_img, bundle_workers, rounds)
     if "finetune" in parts:
         print("\n### MSMAE masked fine-tuning vs all tokens (ViT-B/16 classifier, 224x224)\n")
         benchmark_msmae_flops.main(batch=finetune_batch, device=device)
