@@ -107,9 +107,11 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     assert "Fine-tuning options: {'label_smoothing': 0.1}" in shrunk(smooth, "smooth", f" --pretrain_dir {work}")
     # the batch augmentation and the recipe's batch options (mixup / CutMix, random erasing), on the same encoders
     batch_cmds = readme_commands("### Augmentation on the batch", "docs/evidence.md")
-    assert len(batch_cmds) == 3
-    for i, (cmd, option) in enumerate(zip(batch_cmds, (None, "{'mixup': 0.8, 'cutmix': 1.0}",
-                                                       "{'random_erasing': 0.25}"))):
+    assert len(batch_cmds) == 4  # the fourth: the MSMAE arm on the same encoders, nothing else changed
+    assert batch_cmds[3] == batch_cmds[0].replace("--arms scratch,mae,cnn", "--arms msmae").replace(
+        "runs/batchaug", "runs/msmae_batch")
+    for i, (cmd, option) in enumerate(zip(batch_cmds[:3], (None, "{'mixup': 0.8, 'cutmix': 1.0}",
+                                                           "{'random_erasing': 0.25}"))):
         md = shrunk(cmd, f"batch{i}", f" --pretrain_dir {work} --arms mae")
         assert (f"Fine-tuning options: {option}." in md) if option else ("Fine-tuning options" not in md)
     # RandAugment on the same encoders; the pretraining crop scale (the option reaches both pretraining runs)
@@ -119,6 +121,15 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     assert base == crop.replace("[0.45, 1.0]", "[0.6, 1.0]").replace("runs/crop045", "runs/crop060")
     assert "Pretraining options: {'augmentation#crop_scale': [0.45, 1.0]}." in shrunk(crop, "crop")
     assert (tmp_path / "crop" / "seed0" / "pretrain" / "mae" / "models" / "model.pt").is_file()
+    # the budget curve: the default MAE command with only the epochs (and, for fine-tuning, the reused encoders of
+    # the crop table's default row) changed; shrunk, they would run what the commands above ran
+    pre30, pre60, ft24 = readme_commands("### Budget", "docs/evidence.md")
+    assert pre60 == pre30.replace('"[0]"', '"[0,1,2]"').replace("30", "60")
+    assert pre60 == base.replace("--pretrain \"{'augmentation#crop_scale': [0.6, 1.0]}\"", "--pretrain_epochs 60").replace(
+        "runs/crop060", "runs/budget_pre60")
+    assert ft24 == base.replace("--arms mae --pretrain \"{'augmentation#crop_scale': [0.6, 1.0]}\"",
+                                "--arms scratch,mae --epochs 24").replace(
+        "runs/crop060", "runs/budget_ft24 --pretrain_dir runs/crop060 --reuse_pretraining True")
 
 
 def test_comparison_reports_intervals_over_seeds_and_paired_differences():
