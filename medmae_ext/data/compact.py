@@ -89,6 +89,8 @@ def source_codes(entry, source, bases: dict) -> set:
         if tuple(pixels.shape) != tuple(codes.shape) or not pixels.flags.writeable or pixels.size == 0:
             continue
         root = _root(pixels)
+        if root.dtype != np.uint8 or not root.flags.c_contiguous:
+            continue  # a view of another dtype's bytes: copied as before
         if id(root) not in bases:
             bases[id(root)] = (root, torch.from_numpy(root))  # the root is kept: its id stays its own
         base = bases[id(root)][1]
