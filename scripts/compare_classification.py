@@ -222,8 +222,9 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
     encoders with ``--pretrain_dir``). ``pretrain``: more config ids for both pretraining runs, e.g.
     ``"{'augmentation#crop_scale': [0.45, 1.0]}"`` (a pretraining recipe option; give it its own ``work_dir``).
     Sizes (``img_size``, ``patch_size``) are given to the pretraining runs and the scratch arm only: the other arms
-    and every evaluation read them from the run records. ``reevaluate`` (with ``report_only``): score each arm's kept checkpoint again with the current
-    ``evaluate.json`` first (no training), e.g. for the per-sample predictions of runs made before they existed."""
+    and every evaluation read them from the run records. ``reevaluate`` (with ``report_only``): score each arm's kept
+    checkpoint again with the current ``evaluate.json`` first (no training), e.g. for the per-sample predictions of
+    runs made before they existed."""
     from medmae_ext.outputs.reports import read_history
 
     arm_keys = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms)]

@@ -127,11 +127,10 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     # the budget curve: the default MAE command with only the epochs (and, for fine-tuning, the reused encoders of
     # the crop table's default row) changed; shrunk, they would run what the commands above ran
     pre30, pre60, ft24 = readme_commands("### Budget", "docs/evidence.md")
+    default_crop = "--pretrain \"{'augmentation#crop_scale': [0.6, 1.0]}\""
     assert pre60 == pre30.replace('"[0]"', '"[0,1,2]"').replace("30", "60")
-    assert pre60 == base.replace("--pretrain \"{'augmentation#crop_scale': [0.6, 1.0]}\"", "--pretrain_epochs 60").replace(
-        "runs/crop060", "runs/budget_pre60")
-    assert ft24 == base.replace("--arms mae --pretrain \"{'augmentation#crop_scale': [0.6, 1.0]}\"",
-                                "--arms scratch,mae --epochs 24").replace(
+    assert pre60 == base.replace(default_crop, "--pretrain_epochs 60").replace("runs/crop060", "runs/budget_pre60")
+    assert ft24 == base.replace(f"--arms mae {default_crop}", "--arms scratch,mae --epochs 24").replace(
         "runs/crop060", "runs/budget_ft24 --pretrain_dir runs/crop060 --reuse_pretraining True")
 
 
