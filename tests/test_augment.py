@@ -79,6 +79,15 @@ def test_the_batch_is_cropped_resized_and_flipped_as_interpolate_does_it(spatial
                             mode="bilinear" if d == 2 else "trilinear", align_corners=False)
         ref = ref.flip([a + 2 for a in range(d) if draw.flips[i, a]]) if draw.flips[i].any() else ref
         torch.testing.assert_close(out[i:i + 1], ref, atol=1e-5, rtol=0)
+    # on the CPU each crop is resized by interpolate itself (a GPU takes the grid): the same pixels, the same draws
+    assert aug.on_each_image(x) == (d == 3) and not aug.on_each_image(x.to("meta"))
+    assert aug.on_each_image(torch.zeros(1, 1, 96, 96)) and not aug.on_each_image(torch.zeros(1, 1, 64, 64))
+    torch.testing.assert_close(aug.apply(x, draw, None), out, atol=1e-5, rtol=0)
+    torch.manual_seed(1)
+    batch = aug({"image": x})
+    torch.manual_seed(1)
+    again = aug.draw(16, spatial)
+    torch.testing.assert_close(batch["image"], aug.apply(x, again, aug.grid(again, spatial, "cpu")), atol=1e-5, rtol=0)
 
 
 def test_flips_alone_are_exact_and_keys_move_together():
@@ -289,6 +298,36 @@ def test_the_memory_cache_packs_entries_into_blocks_and_gives_what_monai_s_cache
     loader = torch.utils.data.DataLoader(small, batch_size=4, num_workers=1, multiprocessing_context="spawn")
     assert all(torch.equal(b["image"], torch.stack([small[4 * j + k]["image"] for k in range(4)]))
                for j, b in enumerate(loader))
+
+
+def test_a_cache_with_nothing_random_after_it_is_read_without_a_copy_and_a_batch_never_writes_into_it():
+    """Issue 28: with the augmentation on the batch, only the cache's own decoding follows it. A read then copies
+    nothing (the copy, and finding where the cache stops, were 30% of a read at 224 px): an image stored as float32
+    comes back as the entry's tensor, a coded one as new floats -- the values MONAI's cache gives. The DataLoader's
+    batch is a copy, so the trainer's in-place augmentation never writes into the cache."""
+    from monai.data import CacheDataset, DataLoader
+
+    from medmae_ext.data.caching import PackedCacheDataset
+
+    items = [{"image": torch.rand(1, 12, 12) if i % 2 else torch.randint(0, 256, (1, 12, 12)).float() / 255,
+              "id": f"s{i}"} for i in range(6)]  # odd items off any byte lattice (float32), even ones coded
+    chain = Compose([EnsureTyped("image", dtype=torch.float32, track_meta=False)])
+    ds = cached_dataset(items, chain, cache="memory")
+    assert isinstance(ds, PackedCacheDataset) and ds._tail() == (2, True)  # EnsureTyped, Compactd | Expandd
+    plain = CacheDataset(items, copy.deepcopy(ds.transform), cache_rate=1.0)
+    for i in range(6):
+        got, entry = ds[i], ds._cache[i]
+        assert torch.equal(got["image"], plain[i]["image"]) and got["id"] == f"s{i}" and got is not entry
+        assert (got["image"].data_ptr() == entry["image"].data_ptr()) == bool(i % 2), i  # float32: the entry's own
+    before = [ds[i]["image"].clone() for i in range(6)]
+    aug = BatchAugment(keys=("image",), crop_scale=None, flip_prob=1.0)
+    for batch in DataLoader(ds, batch_size=3):
+        aug(batch, inplace=True)  # the trainer's handler flips the collated batch in place
+        batch["image"].fill_(-1)
+    assert all(torch.equal(ds[i]["image"], before[i]) for i in range(6))
+    # a random transform after the cache: each read is a copy, as before (the test above writes into one)
+    rand = cached_dataset(items, Compose([*chain.transforms, RandScaleCropd("image", roi_scale=1.0)]), cache="memory")
+    assert rand._tail() == (2, False) and rand[1]["image"].data_ptr() != rand._cache[1]["image"].data_ptr()
 
 
 # the fine-tuning recipe's batch options (issue 30 item 1) ------------------------------------------------------------
