@@ -19,8 +19,9 @@ by the seed; ``data_kwargs {"select_frac": ...}`` of the bundles):
    ``--eval_split`` of the reader without the carve (for the shared PneumoniaMNIST copy: its official validation
    split, never seen while training or selecting).
 
-Writes ``<work_dir>/results.md`` (the table), ``results.png`` (selection-split AUC per epoch, mean and spread
-over seeds, per arm; final metrics with error bars) and ``results.json`` (every number).
+Writes ``<work_dir>/results.md`` (the table), ``summary.md`` (the README's short table), ``results.png``
+(selection-split AUC per epoch, mean and spread over seeds, per arm; final metrics with error bars) and
+``results.json`` (every number; paths relative to ``work_dir``).
 
     python scripts/compare_classification.py --data_format medmnist \\
         --data_path ../shared/data/pneumoniamnist_trainval.npz --class_names "['normal','pneumonia']" \\
@@ -120,6 +121,30 @@ def mcnemar_rows(results: dict, base: str) -> list[str]:
         if cells:
             rows.append(f"| {ARMS[key][0]} vs {ARMS[base][0]} | " + "; ".join(cells) + " |")
     return rows
+
+
+def summary(results: dict, setup: dict) -> str:
+    """The README's results table: one row per arm, mean ± sd over seeds of AUC, accuracy and each class's recall;
+    the best mean AUC and accuracy in bold; a recall cell says how many seeds' models never predict that class."""
+    names = setup["class_names"]
+    best = {m: max(statistics.mean(r[m] for r in runs) for runs in results.values()) for m in ("mean_auc", "accuracy")}
+
+    def cell(vals, bold=False, never=0):
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        text = f"{statistics.mean(vals):.3f} ± {sd:.3f}"
+        note = f" ({never} of {len(vals)} seeds never predict it)" if never else ""
+        return (f"**{text}**" if bold else text) + note
+
+    lines = ["| arm | AUC | accuracy | " + " | ".join(f"recall {n}" for n in names) + " |",
+             "| --- " * (3 + len(names)) + "|"]
+    for key, runs in results.items():
+        cells = [cell([r[m] for r in runs], statistics.mean(r[m] for r in runs) == best[m])
+                 for m in ("mean_auc", "accuracy")]
+        for n in names:
+            recalls = [r["per_class"][n]["recall"] for r in runs]
+            cells.append(cell(recalls, never=sum(v == 0 for v in recalls)))
+        lines.append(f"| {ARMS[key][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table(results: dict, setup: dict) -> str:
@@ -314,11 +339,16 @@ def main(data_format: str = "datalist", data_path: str | None = None, class_name
              "selection": f"a {select_frac:g} label-stratified cut of the training split" if select_frac
              else f"`{eval_split}` itself (optimistic: the same split selects and scores)"}
     os.makedirs(work_dir, exist_ok=True)
-    md = table(results, setup)
+    md, short = table(results, setup), summary(results, setup)
     open(os.path.join(work_dir, "results.md"), "w").write(md)
-    json.dump({"setup": setup, "results": results}, open(os.path.join(work_dir, "results.json"), "w"), indent=1)
+    open(os.path.join(work_dir, "summary.md"), "w").write(short)
+    # paths relative to work_dir: the file can be kept elsewhere (docs/results/) and still says what it came from
+    rel = {k: [{**r, **({"predictions": os.path.relpath(r["predictions"], work_dir)} if r.get("predictions") else {})}
+               for r in runs] for k, runs in results.items()}
+    setup_rel = {**setup, "pretrained_in": os.path.relpath(setup["pretrained_in"], os.path.abspath(work_dir))}
+    json.dump({"setup": setup_rel, "results": rel}, open(os.path.join(work_dir, "results.json"), "w"), indent=1)
     png = plot(results, setup, os.path.join(work_dir, "results.png"))
-    print("\n" + md + f"\n-> {os.path.join(work_dir, 'results.md')}, {png}", flush=True)
+    print("\n" + md + "\n" + short + f"\n-> {os.path.join(work_dir, 'results.md')}, summary.md, {png}", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
         assert [h["epoch"] for h in run["history"]] == [1, 2]  # the selection split's curve
         assert run["split"] == "validation"  # what the evaluation scored, named in its metrics
         assert set(run["per_class"]) == {"normal", "pneumonia"}
+        assert not os.path.isabs(run["predictions"]) and (work / run["predictions"]).is_file()  # kept with the file
+    short = open(work / "summary.md").read().splitlines()  # the README's table
+    assert short[0] == "| arm | AUC | accuracy | recall normal | recall pneumonia |" and len(short) == 2 + 5
     # scratch trains every layer at one lr (no layer decay); the pretrained arms decay it towards the input
     def lrs(arm):
         ckpt = sorted(glob.glob(str(work / "seed0" / arm / "models" / "checkpoint_*.pt")))[-1]
@@ -146,6 +149,41 @@ def test_comparison_reports_intervals_over_seeds_and_paired_differences():
     # paired by seed, not by position: +0.10 on every seed, so the interval has no width
     assert row.startswith("| MAE - scratch (no layer decay) | +0.100 | +0.100..+0.100 |")
     assert row.endswith("+0.100 / +0.100 / +0.100 |")
+
+
+def test_summary_marks_the_best_arm_and_seeds_that_never_predict_a_class():
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from compare_classification import summary
+
+    def arm(auc, acc, recall_a):
+        return [{"seed": s, "mean_auc": auc[s], "accuracy": acc[s],
+                 "per_class": {"a": {"recall": recall_a[s]}, "b": {"recall": 1.0}}} for s in range(2)]
+
+    results = {"scratch": arm((0.8, 0.9), (0.7, 0.8), (0.0, 0.5)), "mae": arm((0.95, 0.95), (0.7, 0.7), (0.5, 0.7))}
+    head, rule, scratch, mae = summary(results, {"class_names": ["a", "b"]}).splitlines()
+    assert head == "| arm | AUC | accuracy | recall a | recall b |" and rule.count("---") == 5
+    # the best mean per metric in bold (scratch's accuracy 0.75 > 0.70); a collapsed seed is named in its class's cell
+    assert scratch == ("| scratch (no layer decay) | 0.850 ± 0.071 | **0.750 ± 0.071** | 0.250 ± 0.354 (1 of 2 seeds "
+                       "never predict it) | 1.000 ± 0.000 |")
+    assert mae == "| MAE | **0.950 ± 0.000** | 0.700 ± 0.000 | 0.600 ± 0.141 | 1.000 ± 0.000 |"
+
+
+def test_readme_and_evidence_tables_are_the_committed_comparison_output():
+    """docs/results/compare_pneumonia.json is the results.json of evidence.md's first command (3 seeds, every arm);
+    the README's results table and evidence.md's main table and paired differences, made again from it, must be
+    there as written: a figure edited by hand, or left from another run, fails here."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from compare_classification import summary, table
+
+    res = json.load(open(os.path.join(REPO, "docs", "results", "compare_pneumonia.json")))
+    assert res["setup"]["seeds"] == [0, 1, 2] and list(res["results"]) == ["scratch", "mae", "msmae", "msmae_masked",
+                                                                             "cnn"]
+    readme = open(os.path.join(REPO, "README.md")).read().splitlines()
+    short = summary(res["results"], res["setup"]).splitlines()
+    assert [ln for ln in short if ln not in readme] == []
+    evidence = open(os.path.join(REPO, "docs", "evidence.md")).read().splitlines()
+    rows = [ln for ln in table(res["results"], res["setup"]).splitlines()[2:] if ln.startswith("| ")]
+    assert len(rows) > 5 + 4 and [ln for ln in rows if ln not in evidence] == []
 
 
 def test_mcnemar_on_decisions_whose_answer_is_known():
