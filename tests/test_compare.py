@@ -129,7 +129,8 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     assert (tmp_path / "crop" / "seed0" / "pretrain" / "mae" / "models" / "model.pt").is_file()
     # the budget curve: the default MAE command with only the epochs (and, for fine-tuning, the reused encoders of
     # the crop table's default row) changed; shrunk, they would run what the commands above ran
-    pre30, pre60, ft24 = readme_commands("### Budget", "docs/evidence.md")
+    pre30, pre60, pre200, ft24 = readme_commands("### Budget", "docs/evidence.md")
+    assert pre200 == pre30.replace("30", "200")
     default_crop = "--pretrain \"{'augmentation#crop_scale': [0.6, 1.0]}\""
     assert pre60 == pre30.replace('"[0]"', '"[0,1,2]"').replace("30", "60")
     assert pre60 == base.replace(default_crop, "--pretrain_epochs 60").replace("runs/crop060", "runs/budget_pre60")
