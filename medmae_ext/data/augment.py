@@ -163,7 +163,9 @@ class BatchAugment:
             out = torch.empty_like(x, memory_format=torch.contiguous_format)
             spatial, mode = tuple(x.shape[2:]), "bilinear" if x.ndim == 4 else "trilinear"
             for i in range(x.shape[0]):
-                box = tuple(slice(a, a + s) for a, s in zip(draw.starts[i].tolist(), draw.sizes[i].tolist()))
+                box = tuple(
+                    slice(a, a + s) for a, s in zip(draw.starts[i].tolist(), draw.sizes[i].tolist(), strict=True)
+                )
                 crop = F.interpolate(
                     x[(slice(i, i + 1), slice(None)) + box], size=spatial, mode=mode, align_corners=False
                 )
