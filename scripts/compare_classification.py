@@ -66,11 +66,15 @@ def _ci95(vals: list[float]) -> tuple[float, float] | None:
     return statistics.mean(vals) - half, statistics.mean(vals) + half
 
 
-def _cell(vals: list[float], ci: bool = False) -> str:
+def _mean_sd(vals: list[float]) -> str:
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
+
+
+def _cell(vals: list[float], ci: bool = False) -> str:
     interval = _ci95(vals) if ci else None
     inside = f" (95% CI {interval[0]:.3f}..{interval[1]:.3f})" if interval else ""
-    return f"{statistics.mean(vals):.3f} ± {sd:.3f}{inside} [{' / '.join(f'{v:.3f}' for v in vals)}]"
+    return f"{_mean_sd(vals)}{inside} [{' / '.join(f'{v:.3f}' for v in vals)}]"
 
 
 def paired(results: dict, metric: str, base: str = "scratch") -> list[str]:
@@ -126,23 +130,18 @@ def mcnemar_rows(results: dict, base: str) -> list[str]:
 def summary(results: dict, setup: dict) -> str:
     """The README's results table: one row per arm, mean ± sd over seeds of AUC, accuracy and each class's recall;
     the best mean AUC and accuracy in bold; a recall cell says how many seeds' models never predict that class."""
-    names = setup["class_names"]
-    best = {m: max(statistics.mean(r[m] for r in runs) for runs in results.values()) for m in ("mean_auc", "accuracy")}
-
-    def cell(vals, bold=False, never=0):
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        text = f"{statistics.mean(vals):.3f} ± {sd:.3f}"
-        note = f" ({never} of {len(vals)} seeds never predict it)" if never else ""
-        return (f"**{text}**" if bold else text) + note
-
+    names, metrics = setup["class_names"], ("mean_auc", "accuracy")
+    means = {key: {m: statistics.mean(r[m] for r in runs) for m in metrics} for key, runs in results.items()}
+    best = {m: max(arm[m] for arm in means.values()) for m in metrics}
     lines = ["| arm | AUC | accuracy | " + " | ".join(f"recall {n}" for n in names) + " |",
              "| --- " * (3 + len(names)) + "|"]
     for key, runs in results.items():
-        cells = [cell([r[m] for r in runs], statistics.mean(r[m] for r in runs) == best[m])
-                 for m in ("mean_auc", "accuracy")]
+        cells = [f"**{_mean_sd([r[m] for r in runs])}**" if means[key][m] == best[m] else _mean_sd([r[m] for r in runs])
+                 for m in metrics]
         for n in names:
             recalls = [r["per_class"][n]["recall"] for r in runs]
-            cells.append(cell(recalls, never=sum(v == 0 for v in recalls)))
+            never = sum(v == 0 for v in recalls)
+            cells.append(_mean_sd(recalls) + (f" ({never} of {len(recalls)} seeds never predict it)" if never else ""))
         lines.append(f"| {ARMS[key][0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
