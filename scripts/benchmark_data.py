@@ -4,6 +4,7 @@
     python scripts/benchmark_data.py --sizes "[28]" --sizes_3d "[]" --items 32   # quick
     python scripts/benchmark_data.py --sizes "[28]" --sizes_3d "[]" --items 256 --reads 1024 \\
         --data_format medmnist --data_path ../shared/data/pneumoniamnist_trainval.npz   # real X-rays, 28 px
+    python scripts/benchmark_data.py --cache_quantize true    # the 8-bit cache of images resized when read
 
 For each training size, the bundle's own ``train#dataset`` (its synthetic set, memory cache) is built in one
 thread, then read through the bundle's ``train#dataloader`` (``num_workers`` 0). Reported per size:
@@ -121,19 +122,23 @@ def measure(config: list[str], size: list[int], items: int, reads: int, batch: i
 
 
 def main(sizes=(28, 64, 224), sizes_3d=(96,), items: int = 64, reads: int = 256, batch: int = 32,
-         rounds: int = 3, data_format: str | None = None, data_path: str | None = None) -> None:
+         rounds: int = 3, data_format: str | None = None, data_path: str | None = None,
+         cache_quantize: bool = False) -> None:
     """``data_format`` / ``data_path``: the 2D rows read these images instead of the synthetic set (e.g. a MedMNIST
-    ``.npz`` at its own size, whose pixels the cache keeps in one byte)."""
-    data = {"data_format": data_format, "data_path": os.path.abspath(data_path)} if data_path else None
+    ``.npz`` at its own size, whose pixels the cache keeps in one byte). ``cache_quantize``: the bundles' config id
+    of that name (every image cached in one byte, those resized when read too)."""
+    quantize = {"cache_quantize": True} if cache_quantize else {}
+    data = {"data_format": data_format, "data_path": os.path.abspath(data_path), **quantize} if data_path else quantize
     torch.set_num_threads(1)
     rows = []
     for s in sizes:
         rows.append((f"2D {s}x{s}", measure(["train.json"], [s, s], items, reads, batch, rounds, data)))
     for s in sizes_3d:
         rows.append((f"3D {s}^3", measure(["train.json", "train_3d.json"], [s, s, s], min(items, 8), min(reads, 32),
-                                          2, rounds)))
+                                          2, rounds, quantize)))
     source = f"2D: {data_format} {data_path}" if data_path else "mae_pretrain's synthetic set"
-    print(f"torch {torch.__version__}, 1 thread, process CPU time; {source}, memory cache; "
+    cache = "memory cache, cache_quantize" if cache_quantize else "memory cache"
+    print(f"torch {torch.__version__}, 1 thread, process CPU time; {source}, {cache}; "
           f"median of {rounds} interleaved rounds\n")
     print("| size | cache build, ms/item | cache bytes/item | cache / uint8 | per item (MONAI), images/s per core | "
           "on the batch, images/s per core | on the batch / per item [rounds] | DataLoader part alone | "

@@ -49,7 +49,9 @@ def score(arm_root: str, data_format: str, data_path: str, class_names, img_size
     p.read_config(os.path.join(REPO, "bundles", "vit_classification", "configs", "train.json"))
     p.update({"bundle_root": arm_root, "data_format": data_format, "data_path": os.path.abspath(data_path),
               "class_names": list(class_names), "img_size": list(img_size), "patch_size": list(patch_size),
-              "num_workers": 0, "device": torch.device("cpu"), "validate#datalist":
+              "num_workers": 0, "device": torch.device("cpu"),
+              "pretrained_ckpt": "scratch",  # the scored weights are loaded below, not an encoder to start from
+              "validate#datalist":
               f"$medmae_ext.data.dataset_items(@data_format, @data_path, '{split}', **@data_kwargs)"})
     net = p.get_parsed_content("network_def")
     ckpt = os.path.join(arm_root, "models", "model.pt")

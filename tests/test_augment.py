@@ -246,6 +246,46 @@ def test_images_off_a_byte_lattice_stay_float32_and_label_maps_and_meta_survive(
     assert torch.equal(Expandd()(Compactd()({"image": flat}))["image"], flat)
 
 
+def test_cache_quantize_keeps_images_resized_when_read_in_one_byte_within_half_a_level(tmp_path):
+    """Issue 28 item 2: images resized when read (ChestX-ray14's 1024^2 PNGs at 224 px) stayed float32, 4x the uint8
+    image; ``quantize`` (config id ``cache_quantize``) stores them as 256 levels of their own range, each pixel off by
+    half a level at most. Off by default (exact floats); the disk cache's key tells the two apart."""
+    from monai.data import MetaTensor
+
+    from medmae_ext.data import preprocessing
+    from medmae_ext.data.compact import Compactd, Expandd, quantized_code
+
+    settings = {"spatial_dims": 2, "in_channels": 1, "img_size": [20, 20], "modality": "XR"}
+    chain = Compose(preprocessing(settings) + [EnsureTyped("image", dtype=torch.float32, track_meta=False)])
+    items = _uint8_items()  # 28 px read, 20 px trained: a resize, values off any lattice
+    plain = cached_dataset(items, chain, cache="none")
+    exact = cached_dataset(items, chain, cache="memory")
+    assert exact._cache[0]["image"].dtype == torch.float32  # the default: the exact floats
+    small = cached_dataset(items, chain, cache="memory", quantize=True)
+    for i in range(len(items)):
+        entry, want = small._cache[i], plain[i]["image"]
+        assert entry["image"].dtype == torch.uint8 and entry["image"].shape == (1, 20, 20)
+        stored = sum(v.numel() * v.element_size() for v in entry.values() if isinstance(v, torch.Tensor))
+        assert stored <= 1.1 * 400  # bytes per item against the uint8 image at training size
+        got = small[i]["image"]
+        half = float(want.max() - want.min()) / 510
+        err = float((got - want).abs().max())
+        assert got.dtype == torch.float32 and 0 < err <= half * (1 + 1e-5)  # rounded, by half a level at most
+        assert torch.equal(exact[i]["image"], want)
+    disk = str(tmp_path / "c")
+    assert cached_dataset(items, chain, "disk", disk, quantize=True)[0]["image"].unique().numel() <= 256
+    assert torch.equal(cached_dataset(items, chain, "disk", disk)[0]["image"], plain[0]["image"])  # not served stale
+    # a label map stays exact, a MetaTensor keeps its meta, a constant image and a non-finite one are handled
+    labels = MetaTensor(torch.randint(0, 5, (1, 6, 6, 6)).float(), meta={"filename_or_obj": "ct.nii.gz"})
+    smooth = MetaTensor(torch.rand(1, 6, 6, 6) * 1000 - 500, meta={"filename_or_obj": "ct.nii.gz"})
+    back = Expandd()(Compactd(quantize=True)({"image": smooth, "label": labels}))
+    assert torch.equal(back["label"], labels) and back["image"].meta["filename_or_obj"] == "ct.nii.gz"
+    assert (back["image"] - smooth).abs().max() <= 1000 / 510 * (1 + 1e-5)
+    assert torch.equal(Expandd()(Compactd(quantize=True)({"image": torch.full((1, 3, 3), 0.3)}))["image"],
+                       torch.full((1, 3, 3), 0.3))
+    assert quantized_code(torch.tensor([[0.0, float("nan")]])) is None
+
+
 def test_the_memory_cache_packs_entries_into_blocks_and_gives_what_monai_s_cache_gives():
     """Issue 28: entries sit in shared blocks (a 20k-item set no longer fragments the heap, scripts/benchmark_memory.py);
     what an item reads is MONAI's ``CacheDataset``'s, values, dtypes, meta and random draws; a read copies the item,
@@ -399,3 +439,28 @@ def test_the_overrides_the_bundle_docs_show_reach_the_augmentation(tmp_path, syn
     p.read_config(config_files(os.path.join(REPO, "bundles", "mae_pretrain", "configs"), "train_3d.json"))
     aug3 = p.get_parsed_content("augmentation")
     assert aug3.crop_scale is None and aug3.flip_axes == [0, 1, 2] and aug3.flip_prob == 0.2
+
+
+@pytest.mark.parametrize("bundle", ["mae_pretrain", "msmae_pretrain", "vit_classification", "unetr_segmentation"])
+def test_cache_quantize_reaches_the_training_cache_only(tmp_path, bundle):
+    """``--cache_quantize true`` quantizes the training set's cache; a validation set's cache stays exact, so the
+    figures a run reports are computed on the images inference sees."""
+    from monai.bundle import ConfigParser
+
+    from conftest import bundle_configs
+    from medmae_ext.data.compact import Compactd
+
+    def quantize_of(p, part):
+        p[f"{part}#dataset#data"] = []
+        if "items" in p[f"{part}#dataset"]:
+            p[f"{part}#dataset#items"] = []
+        steps = p.get_parsed_content(f"{part}#dataset").transform.transforms
+        return [t.quantize for t in steps if isinstance(t, Compactd)]
+
+    for setting in (False, True):
+        p = ConfigParser()
+        p.read_config(bundle_configs(bundle, "train.json"))
+        p["bundle_root"], p["cache_quantize"] = str(tmp_path), setting
+        assert quantize_of(p, "train") == [setting]
+        if "validate" in p.config and "dataset" in p["validate"]:
+            assert quantize_of(p, "validate") == [False]

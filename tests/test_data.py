@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Transform
 from PIL import Image
 
 from medmae_ext.data import DatalistError, load_datalist, load_medmnist_npz, make_synthetic_2d
@@ -140,3 +141,84 @@ def test_bundle_trains_from_a_disk_cache(tmp_path, synth2d):
                     dataset_cache="disk")
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
     assert len(os.listdir(tmp_path / "cache")) == 8
+
+
+class _Counted(Transform):
+    calls = 0
+
+    def __call__(self, data):
+        type(self).calls += 1
+        return dict(data)
+
+
+def test_mapped_cache_is_built_once_and_mapped_by_every_later_run(tmp_path):
+    """Issue 28 item 2: dataset_cache='mapped' keeps the memory cache in one file under cache_dir, built once; a
+    later run (a restart, a resume) with the same items and transforms maps it and runs no deterministic transform;
+    a changed image or --img_size gets a file of its own; a damaged file is built again, named; a worker started by
+    spawn maps the file instead of receiving a copy; a MetaTensor keeps its file name and affine."""
+    import pickle
+
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
+
+    from conftest import captured_warnings
+    from medmae_ext.data import cached_dataset
+    from medmae_ext.data.caching import MappedCacheDataset
+
+    items = []
+    for i in range(5):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        items.append({"image": str(tmp_path / f"{i}.png"), "id": f"x{i}"})
+
+    def pre(size):
+        return Compose([_Counted(), LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
+                        Resized("image", size)])
+
+    cache = tmp_path / "cache"
+    want = cached_dataset(items, pre((8, 8)), "memory")
+    first = cached_dataset(items, pre((8, 8)), "mapped", str(cache))
+    assert isinstance(first, MappedCacheDataset) and os.listdir(cache) == [os.path.basename(first.path)]
+    before = _Counted.calls
+    again = cached_dataset(items, pre((8, 8)), "mapped", str(cache))
+    assert _Counted.calls == before and again.path == first.path  # mapped: nothing recomputed
+    for ds in (first, again):
+        for i in range(5):
+            got = ds[i]
+            assert torch.equal(got["image"].as_tensor(), want[i]["image"].as_tensor()) and got["id"] == f"x{i}"
+            assert got["image"].meta["filename_or_obj"] == items[i]["image"]
+            assert torch.equal(got["image"].affine, want[i]["image"].affine)
+    from monai.data import DataLoader
+
+    batches = [next(iter(DataLoader(again, batch_size=5, num_workers=w)))["image"] for w in (0, 2)]
+    assert torch.equal(batches[0], batches[1])  # forked workers read the same mapped entries
+    worker = pickle.loads(pickle.dumps(again))  # what a worker started by spawn receives
+    assert again.__getstate__()["_cache"] is None and torch.equal(worker[2]["image"], want[2]["image"])
+    assert cached_dataset(items, pre((4, 4)), "mapped", str(cache))[0]["image"].shape == (1, 4, 4)
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(tmp_path / "0.png")
+    os.utime(tmp_path / "0.png", (1, 1))  # a different mtime, as a rewritten file has
+    latest = cached_dataset(items, pre((16, 16)), "mapped", str(cache))
+    assert float(latest[0]["image"].mean()) == 200  # the rewritten image, not the stale one
+    assert len(os.listdir(cache)) == 3
+    with open(latest.path, "r+b") as f:  # killed mid-copy: a truncated file under the final name
+        f.truncate(100)
+    with captured_warnings("medmae_ext.data.caching") as said:
+        rebuilt = cached_dataset(items, pre((16, 16)), "mapped", str(cache))
+    assert len(said) == 1 and latest.path in said[0] and "building it again" in said[0]
+    assert float(rebuilt[0]["image"].mean()) == 200 and rebuilt.path == latest.path
+    assert not [f for f in os.listdir(cache) if f.endswith(".tmp")]
+    with pytest.raises(DatalistError, match="'dataset_cache'='mapped' needs a cache folder"):
+        cached_dataset(items, pre((8, 8)), "mapped", None)
+
+
+def test_bundle_trains_from_a_mapped_cache_and_maps_it_again_on_the_next_run(tmp_path, synth3d):
+    """The 3D pretraining default (MetaTensors in the cache) from dataset_cache='mapped', twice: one file, built once."""
+    opts = dict(bundle_root=str(tmp_path), dataset_dir=synth3d, epochs=1, epoch_length=1, num_workers=0, batch_size=1,
+                max_items=2, num_samples=1, dataset_cache="mapped")
+    wf = run_bundle("mae_pretrain", "train_3d.json", **opts)
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration == 1
+    files = os.listdir(tmp_path / "cache")
+    assert len(files) == 1 and files[0].startswith("mapped-")
+    built = os.stat(tmp_path / "cache" / files[0]).st_mtime_ns
+    wf = run_bundle("mae_pretrain", "train_3d.json", **{**opts, "bundle_root": str(tmp_path / "again"),
+                                                        "cache_dir": str(tmp_path / "cache")})
+    assert os.listdir(tmp_path / "cache") == files and os.stat(tmp_path / "cache" / files[0]).st_mtime_ns == built
+    assert wf.parser.get_parsed_content("train#dataset").path == str(tmp_path / "cache" / files[0])
