@@ -210,9 +210,10 @@ def test_mapped_cache_is_built_once_and_mapped_by_every_later_run(tmp_path):
 
 
 def test_bundle_trains_from_a_mapped_cache_and_maps_it_again_on_the_next_run(tmp_path, synth3d):
-    """The 3D pretraining default (MetaTensors in the cache) from dataset_cache='mapped', twice: one file, built once."""
+    """The 3D pretraining default (MetaTensors in the cache) from dataset_cache='mapped', twice: one file, built once;
+    with cache_quantize the resampled volumes are held in one byte a voxel."""
     opts = dict(bundle_root=str(tmp_path), dataset_dir=synth3d, epochs=1, epoch_length=1, num_workers=0, batch_size=1,
-                max_items=2, num_samples=1, dataset_cache="mapped")
+                max_items=2, num_samples=1, dataset_cache="mapped", cache_quantize=True)
     wf = run_bundle("mae_pretrain", "train_3d.json", **opts)
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 1
     files = os.listdir(tmp_path / "cache")
@@ -221,4 +222,5 @@ def test_bundle_trains_from_a_mapped_cache_and_maps_it_again_on_the_next_run(tmp
     wf = run_bundle("mae_pretrain", "train_3d.json", **{**opts, "bundle_root": str(tmp_path / "again"),
                                                         "cache_dir": str(tmp_path / "cache")})
     assert os.listdir(tmp_path / "cache") == files and os.stat(tmp_path / "cache" / files[0]).st_mtime_ns == built
-    assert wf.parser.get_parsed_content("train#dataset").path == str(tmp_path / "cache" / files[0])
+    ds = wf.parser.get_parsed_content("train#dataset")
+    assert ds.path == str(tmp_path / "cache" / files[0]) and ds._cache[0]["image"].dtype == torch.uint8

@@ -38,7 +38,7 @@ _SUFFIX = "__lattice"
 
 
 def _decode(codes: torch.Tensor, lo_step: torch.Tensor) -> torch.Tensor:
-    """The float32 image of ``codes`` (uint8): one new tensor, scaled in place (a third of the memory traffic)."""
+    """The float32 image of ``codes`` (uint8): one new tensor, scaled in place (no temporary copies)."""
     out = codes.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     return out.mul_(lo_step[1]).add_(lo_step[0])
 
