@@ -115,15 +115,15 @@ def main(items: int = 20000, size: int = 224, caches=("memory", "disk"), batch: 
         elif source != "npz":
             raise SystemExit(f"--source: 'npz' or 'png', got {source!r}")
         rows = []
-        for cache in caches:
+        for i, cache in enumerate(caches):
             args = {"data_path": data, "size": int(size), "cache": cache, "cache_dir": os.path.join(tmp, cache),
                     "batch": int(batch), "data_format": data_format}
             done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", json.dumps(args)],
                                   capture_output=True, text=True, cwd=REPO)
             if done.returncode:
                 raise SystemExit(f"{cache}: the measured process failed:\n{done.stderr[-3000:]}")
-            name = f"{cache}, again" if any(row[0] == cache for row in rows) else cache
-            rows.append((cache, json.loads(done.stdout.strip().splitlines()[-1]), name))
+            rows.append((f"{cache}, again" if cache in caches[:i] else cache,
+                         json.loads(done.stdout.strip().splitlines()[-1])))
     uint8 = items * size * size
     kind = "PNG files in a folder" if source == "png" else "a .npz"
     print(f"{items:,} training images at {size}x{size} px, uint8 in {kind} ({uint8 / mib:,.0f} MiB of pixels); "
@@ -132,7 +132,7 @@ def main(items: int = 20000, size: int = 224, caches=("memory", "disk"), batch: 
     print("| cache | after imports, MiB | + datalist, MiB | + cache built, MiB | + one epoch, MiB | growth, MiB | "
           "of it file pages, MiB | peak growth, MiB | growth / uint8 pixels | cache ready, s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for _, m, name in rows:
+    for name, m in rows:
         base = m["imports"]
         print(f"| {name} | {base / mib:,.0f} | {(m['datalist'] - base) / mib:+,.0f} | "
               f"{(m['cache'] - m['datalist']) / mib:+,.0f} | {(m['epoch'] - m['cache']) / mib:+,.0f} | "

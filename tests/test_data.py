@@ -162,7 +162,7 @@ def test_mapped_cache_is_built_once_and_mapped_by_every_later_run(tmp_path):
 
     from conftest import captured_warnings
     from medmae_ext.data import cached_dataset
-    from medmae_ext.data.caching import MappedCacheDataset
+    from medmae_ext.data.mapped import MappedCacheDataset
 
     items = []
     for i in range(5):
@@ -200,7 +200,7 @@ def test_mapped_cache_is_built_once_and_mapped_by_every_later_run(tmp_path):
     assert len(os.listdir(cache)) == 3
     with open(latest.path, "r+b") as f:  # killed mid-copy: a truncated file under the final name
         f.truncate(100)
-    with captured_warnings("medmae_ext.data.caching") as said:
+    with captured_warnings("medmae_ext.data.mapped") as said:
         rebuilt = cached_dataset(items, pre((16, 16)), "mapped", str(cache))
     assert len(said) == 1 and latest.path in said[0] and "building it again" in said[0]
     assert float(rebuilt[0]["image"].mean()) == 200 and rebuilt.path == latest.path

@@ -8,7 +8,7 @@
   copies, they left the C heap fragmented, and a 20k-item 224 px set took 5.6x its pixels' bytes instead of ~1x. An
   entry whose stored levels are the uint8 pixels its item already holds (the ``.npz`` reader) is a view of them.
 * ``"mapped"`` -- the memory cache kept in one file under ``cache_dir`` and memory-mapped
-  (:class:`MappedCacheDataset`): built once, and every later run, resume or rank with the same items and
+  (:class:`medmae_ext.data.mapped.MappedCacheDataset`): built once, and every later run, resume or rank with the same items and
   deterministic transforms maps it instead of building it again (ChestX-ray14 at 224 px: ~50 CPU-minutes at each
   start otherwise). Reads are as fast as the memory cache's once the file is in the page cache, which the kernel
   shares between processes and can evict: for sets near the RAM size. Keyed as the disk cache is.
@@ -26,33 +26,20 @@ MSMAE attention refresh), from the cache where there is one.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
-import tempfile
 import threading
-from enum import Enum
 
-import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Transform
 from monai.transforms.traits import RandomizableTrait
-from monai.utils import convert_to_tensor
 
 from .compact import Compactd, Expandd, expand, source_codes
 from .readers import DatalistError
 
-__all__ = [
-    "CACHE_KINDS",
-    "CachedView",
-    "CheckedPersistentDataset",
-    "MappedCacheDataset",
-    "PackedCacheDataset",
-    "cached_dataset",
-    "item_hash",
-]
+__all__ = ["CACHE_KINDS", "CachedView", "CheckedPersistentDataset", "PackedCacheDataset", "cached_dataset", "item_hash"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +66,12 @@ def item_hash(item) -> bytes:
     return pickle_hashing((item, _file_stamps(item, [])))
 
 
+def first_line(e: BaseException) -> str:
+    """What a warning about an unreadable cache file says of ``e``: its first line, or that the file is empty."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "empty or truncated"
+
+
 class CheckedPersistentDataset(PersistentDataset):
     """MONAI's ``PersistentDataset`` that recomputes an entry it cannot read, with a warning naming the file.
 
@@ -96,20 +89,19 @@ class CheckedPersistentDataset(PersistentDataset):
                 except PermissionError:
                     raise
                 except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed the same way
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated"
                     logger.warning(
-                        f"disk cache entry {entry} cannot be read ({type(e).__name__}: {first}); recomputing it"
+                        f"disk cache entry {entry} cannot be read ({type(e).__name__}: {first_line(e)}); recomputing it"
                     )
                     entry.unlink(missing_ok=True)
         return super()._cachecheck(item_transformed)
 
 
-def _map_items(value, fn):
+def map_items(value, fn):
     """``fn`` applied to every leaf of an item (dicts, lists and tuples rebuilt around the results)."""
     if isinstance(value, dict):
-        return {k: _map_items(v, fn) for k, v in value.items()}
+        return {k: map_items(v, fn) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_map_items(v, fn) for v in value)
+        return type(value)(map_items(v, fn) for v in value)
     return fn(value)
 
 
@@ -167,8 +159,8 @@ class PackedCacheDataset(CacheDataset):
         with self._lock:
             shared = source_codes(entry, self.data[idx], self._sources)
         if not shared:
-            return _map_items(entry, self._pack)
-        return {k: v if k in shared else _map_items(v, self._pack) for k, v in entry.items()}
+            return map_items(entry, self._pack)
+        return {k: v if k in shared else map_items(v, self._pack) for k, v in entry.items()}
 
     @staticmethod
     def _copy(value):
@@ -179,7 +171,7 @@ class PackedCacheDataset(CacheDataset):
         """Where the cache stops in ``self.transform`` and whether :class:`~medmae_ext.data.compact.Expandd` is all
         that follows it; found once per transform (it was 12% of a read at 224 px)."""
         if self._tail_of is not self.transform:
-            first = _first_random(self.transform)
+            first = first_random(self.transform)
             rest = [] if first is None else self.transform.transforms[first:]
             self._tail_found = (first, bool(rest) and all(isinstance(t, Expandd) for t in rest))
             self._tail_of = self.transform
@@ -191,160 +183,14 @@ class PackedCacheDataset(CacheDataset):
         data = self._cache[index]
         if data is None:
             data = self._cache[index] = self._load_cache_item(index)
-        first_random, expand_only = self._tail()
+        first, expand_only = self._tail()
         if expand_only and isinstance(data, dict):
             # nothing random after the cache (the batch is augmented on the device): as MONAI's cache with no random
             # transform, the entry is read without a copy -- the coded images come back as new floats, the others as
             # the entry's tensors, which the DataLoader's collate copies into the batch
             out = expand(data)
             return dict(out) if out is data else out
-        return data if first_random is None else self.transform(_map_items(data, self._copy), start=first_random)
-
-
-def transform_hash(transform) -> str:
-    """Key of the deterministic part of ``transform`` (a ``Compose``) with its parameters, as MONAI's
-    ``PersistentDataset`` makes it (``pickle_hashing`` of the transforms up to the first random one)."""
-    steps = []
-    for t in transform.flatten().transforms:
-        if isinstance(t, RandomizableTrait) or not isinstance(t, Transform):
-            break
-        steps.append(t)
-    return pickle_hashing(steps).decode("utf-8")
-
-
-_META, _BYTES = "__metatensor__", "__bytes__"
-
-
-def _as_bytes(t: torch.Tensor) -> dict:
-    """``t`` as a uint8 view of its bytes, with its dtype and shape: the packed blocks hold tensors of several dtypes
-    (uint8 codes, float32 images and ``(lo, step)``), and ``torch.save`` refuses views of one storage as two dtypes."""
-    flat = t.detach().contiguous().reshape(-1)
-    return {_BYTES: flat.view(torch.uint8), "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-
-
-def _storable(value):
-    """A leaf of a cache entry as ``torch.load(weights_only=True)`` reads it back: a tensor as its bytes
-    (:func:`_as_bytes`); a ``MetaTensor`` as its tensor and the meta whose values are strings, numbers or arrays (the
-    file name and the affine: what the reports and the crops read; ``applied_operations`` is dropped); a numpy array
-    as a tensor."""
-    if isinstance(value, MetaTensor):
-        meta = {}
-        for k, v in value.meta.items():
-            k = k.value if isinstance(k, Enum) else k
-            if not isinstance(k, str):
-                continue
-            if isinstance(v, (str, int, float, bool)):
-                meta[str(k)] = v.value if isinstance(v, Enum) else v
-            elif isinstance(v, (torch.Tensor, np.ndarray)):
-                meta[str(k)] = convert_to_tensor(v, track_meta=False)
-        return {_META: _as_bytes(value.as_tensor()), "meta": meta}
-    if isinstance(value, np.ndarray):
-        value = convert_to_tensor(value, convert_numeric=False, track_meta=False)
-    return _as_bytes(value) if isinstance(value, torch.Tensor) else value
-
-
-def _restored(value):
-    """What :func:`_storable` stored, as it was (views of the mapped bytes)."""
-    if isinstance(value, dict):
-        if _BYTES in value:
-            return value[_BYTES].view(getattr(torch, value["dtype"])).view(value["shape"])
-        if _META in value:
-            return MetaTensor(_restored(value[_META]), meta=value["meta"])
-        return {k: _restored(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_restored(v) for v in value)
-    return value
-
-
-class MappedCacheDataset(PackedCacheDataset):
-    """:class:`PackedCacheDataset` whose entries are saved once in ``cache_dir/mapped-<key>.pt`` and memory-mapped
-    (``torch.load(mmap=True)``) by this run and every later one with the same key: each item's :func:`item_hash`
-    (the item, and the size and modification time of every file it names) and the deterministic transforms with
-    their parameters. A file that cannot be read (a full disk, a kill while it was written) is built again, with a
-    warning naming it; a file is written under a temporary name and renamed, so a reader never sees half of one.
-
-    The file is read with ``weights_only=True``: a ``MetaTensor`` keeps the meta values that are strings, numbers or
-    arrays (file name, affine), not its ``applied_operations``. A DataLoader worker started by spawn maps the same
-    file instead of receiving a copy."""
-
-    def __init__(self, data, transform, cache_dir: str, **kwargs) -> None:
-        self.cache_dir = str(cache_dir)
-        self.path: str | None = None
-        super().__init__(data, transform, **kwargs)
-
-    def _key(self) -> str:
-        h = hashlib.sha256(transform_hash(self.transform).encode())
-        for item in self.data:
-            h.update(item_hash(item))
-        return h.hexdigest()[:32]
-
-    def _map(self, path: str):
-        entries = torch.load(path, mmap=True, weights_only=True)
-        if not isinstance(entries, list) or len(entries) != self.cache_num:
-            raise ValueError(f"holds {len(entries) if isinstance(entries, list) else type(entries).__name__} entries")
-        return [_restored(e) for e in entries]
-
-    def _fill_cache(self, indices=None) -> list:
-        if self.cache_num <= 0:
-            return []
-        path = os.path.join(self.cache_dir, f"mapped-{self._key()}.pt")
-        if os.path.isfile(path):
-            try:
-                self.path = path
-                return self._map(path)
-            except Exception as e:  # noqa: BLE001 - any unreadable file is built again the same way
-                first = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated"
-                logger.warning(f"mapped cache {path} cannot be read ({type(e).__name__}: {first}); building it again")
-        entries = self._trimmed(super()._fill_cache(indices))
-        stored = _map_items(entries, _storable)
-        fd, tmp = tempfile.mkstemp(prefix=".mapped-", suffix=".tmp", dir=self.cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(stored, f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        del entries, stored
-        self._block = None  # the blocks built here are freed: the reads are the file's
-        self.path = path
-        try:
-            return self._map(path)
-        except Exception as e:
-            raise RuntimeError(
-                f"mapped cache {path} was written but cannot be read back ({type(e).__name__}: {e}); the items hold "
-                "something torch.load(weights_only=True) refuses: use --dataset_cache memory or disk"
-            ) from e
-
-    def _trimmed(self, entries: list) -> list:
-        """``entries`` with what views the last block moved into a copy of its used part: the file stores a
-        storage whole, and the last block's unused tail would be written as well (32 MiB for a set of a few items)."""
-        block = self._block
-        if block is None or self._used >= block.numel():
-            return entries
-        used = block[: self._used].clone()
-        start, end = block.data_ptr(), block.data_ptr() + block.numel()
-
-        def move(t):
-            if not isinstance(t, torch.Tensor) or not start <= t.data_ptr() < end:
-                return t
-            plain = t.as_tensor() if isinstance(t, MetaTensor) else t
-            at, n = plain.data_ptr() - start, plain.numel() * plain.element_size()
-            moved = used[at : at + n].view(plain.dtype).view(plain.shape)
-            return MetaTensor(moved, meta=t.meta, applied_operations=t.applied_operations) if plain is not t else moved
-
-        return [_map_items(e, move) for e in entries]
-
-    def __getstate__(self):  # a worker started by spawn maps the file itself
-        state = super().__getstate__()
-        if self.path is not None:
-            state["_cache"] = None
-        return state
-
-    def __setstate__(self, state) -> None:
-        super().__setstate__(state)
-        if self._cache is None and self.path is not None:
-            self._cache = self._map(self.path)
+        return data if first is None else self.transform(map_items(data, self._copy), start=first)
 
 
 def cached_dataset(
@@ -389,6 +235,8 @@ def cached_dataset(
             raise DatalistError(f"config id {config_id!r}={cache!r} needs a cache folder (config id 'cache_dir')")
         os.makedirs(cache_dir, exist_ok=True)
     if cache == "mapped":
+        from .mapped import MappedCacheDataset
+
         return MappedCacheDataset(data, transform, cache_dir, cache_rate=1.0, num_workers=num_workers)
     if cache == "disk":
         return CheckedPersistentDataset(
@@ -397,7 +245,7 @@ def cached_dataset(
     return Dataset(data, transform)
 
 
-def _first_random(transform) -> int | None:
+def first_random(transform) -> int | None:
     return transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
 
 
@@ -407,7 +255,7 @@ def compact_at_cache(transform, quantize: bool = False):
     if not isinstance(transform, Compose) or any(isinstance(t, Expandd) for t in transform.transforms):
         return transform
     steps = list(transform.transforms)
-    first = _first_random(transform)
+    first = first_random(transform)
     first = len(steps) if first is None else first
     return Compose(
         steps[:first] + [Compactd(quantize), Expandd()] + steps[first:],
@@ -430,7 +278,7 @@ class CachedView(torch.utils.data.Dataset):
         transform = getattr(dataset, "transform", None)
         if not isinstance(transform, Compose):
             raise TypeError(f"CachedView needs a dataset with a Compose transform, got {type(transform).__name__}")
-        self.first_random = _first_random(transform)
+        self.first_random = first_random(transform)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -43,9 +43,21 @@ def _decode(codes: torch.Tensor, lo_step: torch.Tensor) -> torch.Tensor:
     return out.mul_(lo_step[1]).add_(lo_step[0])
 
 
+def _codable(x) -> bool:
+    """Whether ``x`` is an image a cache may store as codes: a non-empty float32 tensor of at least 2 dimensions."""
+    return isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.ndim >= 2 and x.numel() > 0
+
+
+def _like(template, codes: torch.Tensor) -> torch.Tensor:
+    """``codes`` as a ``MetaTensor`` with ``template``'s meta (affine, file name) where ``template`` is one."""
+    if hasattr(template, "meta"):
+        return type(template)(codes, meta=template.meta, applied_operations=template.applied_operations)
+    return codes
+
+
 def lattice_code(x, tolerance: float = TOLERANCE):
     """``(codes uint8, [lo, step] float32)`` that give ``x`` back within ``tolerance`` of its range, or None."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.ndim < 2 or x.numel() == 0:
+    if not _codable(x):
         return None
     flat = x.detach().reshape(-1).as_subclass(torch.Tensor)
     if torch.unique(flat[:: max(1, flat.numel() // 2048)]).numel() > 256:  # most resampled images: rejected on a probe
@@ -69,16 +81,14 @@ def lattice_code(x, tolerance: float = TOLERANCE):
     codes = codes.to(torch.uint8).reshape(x.shape)
     if (_decode(codes, lo_step) - x.detach().as_subclass(torch.Tensor)).abs().max() > tolerance * max(1.0, hi - lo):
         return None
-    if hasattr(x, "meta"):  # a MetaTensor keeps its meta (affine, file name) through the cache
-        codes = type(x)(codes, meta=x.meta, applied_operations=x.applied_operations)
-    return codes, lo_step
+    return _like(x, codes), lo_step  # a MetaTensor keeps its meta (affine, file name) through the cache
 
 
 def quantized_code(x):
     """``(codes uint8, [lo, step] float32)`` of ``x`` rounded to 256 evenly spaced levels from its minimum to its
     maximum: off by ``step / 2`` at most; None for what :func:`lattice_code` would not take either (not float32, under
     2 dimensions, empty, or not finite)."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.ndim < 2 or x.numel() == 0:
+    if not _codable(x):
         return None
     plain = x.detach().as_subclass(torch.Tensor)
     lo, hi = float(plain.min()), float(plain.max())
@@ -86,9 +96,7 @@ def quantized_code(x):
         return None
     step = (hi - lo) / 255 if hi > lo else 1.0
     codes = torch.round((plain.double() - lo) / step).clamp_(0, 255).to(torch.uint8)
-    if hasattr(x, "meta"):
-        codes = type(x)(codes, meta=x.meta, applied_operations=x.applied_operations)
-    return codes, torch.tensor([lo, step], dtype=torch.float32)
+    return _like(x, codes), torch.tensor([lo, step], dtype=torch.float32)
 
 
 def _root(array: np.ndarray) -> np.ndarray:
@@ -131,9 +139,7 @@ def source_codes(entry, source, bases: dict) -> set:
         span = step * float(plain.max() - plain.min()) if plain.numel() else 0.0
         if (_decode(view, moved) - _decode(plain, lo_step)).abs().max() > TOLERANCE * max(1.0, span):
             continue
-        if hasattr(codes, "meta"):
-            view = type(codes)(view, meta=codes.meta, applied_operations=codes.applied_operations)
-        entry[k], entry[f"{k}{_SUFFIX}"] = view, moved
+        entry[k], entry[f"{k}{_SUFFIX}"] = _like(codes, view), moved
         shared.add(k)
     return shared
 
