@@ -4,6 +4,7 @@ takes the last value of a repeated flag), on the real PneumoniaMNIST copy. Skipp
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -108,6 +109,17 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     # a fine-tuning recipe option, measured the same way (label smoothing; the bundle test checks the loss it builds)
     (smooth,) = readme_commands("### Label smoothing", "docs/evidence.md")
     assert "Fine-tuning options: {'label_smoothing': 0.1}" in shrunk(smooth, "smooth", f" --pretrain_dir {work}")
+    # class weighting on the README run's MAE encoders: the option reaches the fine-tuning's loss (the weights it logs)
+    (weighting,) = readme_commands("### Class weighting", "docs/evidence.md")
+    assert weighting == cmds[0].replace("--work_dir runs/compare_pneumonia", "--arms mae --class_weighting balanced "
+                                        "--work_dir runs/cw_balanced --pretrain_dir runs/compare_pneumonia "
+                                        "--reuse_pretraining True")
+    weighted = subprocess.run(["bash", "-c", weighting + shrink.replace(str(work), str(tmp_path / "cw"))
+                               + f" --pretrain_dir {work}"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert weighted.returncode == 0, weighted.stdout[-3000:] + weighted.stderr[-3000:]
+    assert re.search(r"class_weighting=balanced: normal \d+ items -> weight [\d.]+, pneumonia \d+ items",
+                     weighted.stdout + weighted.stderr)
+    assert "class_weighting `balanced`" in open(tmp_path / "cw" / "results.md").read()
     # the batch augmentation and the recipe's batch options (mixup / CutMix, random erasing), on the same encoders
     batch_cmds = readme_commands("### Augmentation on the batch", "docs/evidence.md")
     assert len(batch_cmds) == 4  # the fourth: the MSMAE arm on the same encoders, nothing else changed

@@ -11,10 +11,11 @@ from .classification import (
     match_folders,
     messidor2_csv,
 )
+from .label_maps import label_lookup
 from .labels import check_labels, class_names_for, classification_items, label_source
 from .preprocessing import preprocessing
 from .readers import Datalist, DatalistError, check_files, image_list, lazy, load_datalist, load_medmnist_npz
-from .segmentation import check_segmentation_items, label_lookup, segmentation_items
+from .segmentation import check_segmentation_items, segmentation_items
 from .splits import select_split, split_items, spread_items
 from .synthetic import (
     CLASSES_2D,

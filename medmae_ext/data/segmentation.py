@@ -2,8 +2,8 @@
 
 * :func:`segmentation_items` -- the datalist reader of the segmentation bundle (decathlon-style JSON; an ``image``
   may be a NIfTI/NRRD/... file or a DICOM series folder).
-* :func:`label_lookup` -- the config id ``label_map`` (a source atlas's ids -> the bundle's classes) as a lookup
-  table, checked.
+* :func:`~medmae_ext.data.label_maps.label_lookup` -- the config id ``label_map`` (a source atlas's ids -> the
+  bundle's classes) as a lookup table, checked (:mod:`~medmae_ext.data.label_maps`, with the organ volumes).
 * :func:`check_segmentation_items` -- reads every item's label (and its image's header) before the first
   iteration: the label must lie on its image's grid (same voxels in space, whatever the storage order) and hold
   integer values that are classes of ``label_names`` (after ``label_map``). Errors name the item, both files and
@@ -22,43 +22,15 @@ import numpy as np
 
 from ..errors import ImageReadError, LabelError
 from .geometry import max_position_difference
+from .label_maps import label_lookup, map_label_ids, volume_warnings
 from .readers import Datalist, DatalistError, load_datalist
 
-__all__ = [
-    "segmentation_items",
-    "label_lookup",
-    "map_label_ids",
-    "check_segmentation_items",
-    "AFFINE_ATOL",
-    "ORGAN_VOLUMES_ML",
-    "organ_range",
-]
+__all__ = ["segmentation_items", "check_segmentation_items", "AFFINE_ATOL"]
 
 logger = logging.getLogger(__name__)
 
 #: two grids are the same when their voxel-to-world affines (in the same storage order) agree to this (mm)
 AFFINE_ATOL = 1e-2
-
-#: plausible volume (mL) of a whole adult organ, by a word in its label name: a class far outside its range after
-#: ``label_map`` (an adrenal gland trained as "aorta", the stomach as "liver") is warned about. Above 2x the top is
-#: always suspect; below half the bottom only when the organ does not reach the edge of the volume (a field of view
-#: that cuts an organ leaves a part of it). Sources: adult CT volumetry ranges, rounded outward.
-ORGAN_VOLUMES_ML = {
-    "liver": (800, 3000),
-    "spleen": (40, 1000),
-    "kidney": (50, 400),
-    "kidneys": (100, 800),
-    "aorta": (10, 400),
-    "pancreas": (30, 200),
-    "stomach": (50, 2000),
-    "gallbladder": (5, 200),
-    "adrenal": (1, 25),
-    "esophagus": (5, 100),
-    "lung": (500, 4000),
-    "heart": (300, 1500),
-    "bladder": (20, 800),
-    "prostate": (10, 120),
-}
 
 
 def segmentation_items(
@@ -82,45 +54,6 @@ def segmentation_items(
     ensure_synthetic(data_format, path, synthetic)
     items = load_datalist(path, split, required_keys=("image", "label"), **kwargs)
     return Datalist(items[: int(max_items)] if max_items else items)
-
-
-def _as_int(v, what: str) -> int:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise LabelError(f"label_map: {what} {v!r} is not an integer") from None
-    if f != int(f):
-        raise LabelError(f"label_map: {what} {v!r} is not an integer")
-    return int(f)
-
-
-def label_lookup(label_map: Mapping | None, num_classes: int) -> np.ndarray | None:
-    """``label_map`` ``{source_id: class_index}`` as a lookup table ``lut[source_id] = class_index`` (ids it does not
-    name -> 0, background); ``None`` for no mapping. Errors name the config id ``label_map``."""
-    if label_map is None:
-        return None
-    if not isinstance(label_map, Mapping) or not label_map:
-        raise LabelError(
-            f"label_map must be a non-empty mapping {{source_id: class_index}}, got {label_map!r} "
-            '(e.g. --label_map "{5: 1, 1: 2, 2: 3, 3: 3, 52: 4}")'
-        )
-    pairs = {_as_int(k, "source id"): _as_int(v, f"class for source id {k!r}") for k, v in label_map.items()}
-    bad = {k: v for k, v in pairs.items() if k < 0 or not 0 <= v < num_classes}
-    if bad:
-        raise LabelError(
-            f"label_map entries {bad}: source ids must be >= 0 and classes within 0..{num_classes - 1} "
-            "(the indices of label_names)"
-        )
-    lut = np.zeros(max(pairs) + 1, dtype=np.int64)
-    for k, v in pairs.items():
-        lut[k] = v
-    return lut
-
-
-def map_label_ids(ids: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Integer source ids -> classes through ``lut`` (from :func:`label_lookup`); ids outside it -> 0."""
-    inside = (ids >= 0) & (ids < len(lut))
-    return np.where(inside, lut[np.clip(ids, 0, len(lut) - 1)], 0)
 
 
 def _is_nifti(path: str) -> bool:
@@ -157,38 +90,6 @@ def _canonical(shape, affine):
     return tuple(new_shape), new_aff
 
 
-def organ_range(name: str) -> tuple[float, float] | None:
-    """The :data:`ORGAN_VOLUMES_ML` range for a label name (``"kidney_left"`` -> kidney), or None."""
-    words = str(name).lower().replace("-", "_").replace(" ", "_").split("_")
-    for w in words:
-        if w in ORGAN_VOLUMES_ML:
-            return ORGAN_VOLUMES_ML[w]
-    return None
-
-
-def _touches_border(mask: np.ndarray) -> bool:
-    return any(mask.take(i, axis=a).any() for a in range(mask.ndim) for i in (0, -1))
-
-
-def _volume_warnings(where: str, path: str, classes: np.ndarray, names: dict, voxel_ml: float) -> tuple[dict, list]:
-    """Per-class volume (mL) of one mapped label array, and the warnings for implausible ones."""
-    ids, counts = np.unique(classes, return_counts=True)
-    volumes = {int(c): float(n) * voxel_ml for c, n in zip(ids, counts, strict=False) if c != 0}
-    out = []
-    for c, ml in volumes.items():
-        rng = organ_range(names.get(c, ""))
-        if rng is None:
-            continue
-        lo, hi = rng
-        if ml > 2 * hi or (ml < lo / 2 and not _touches_border(classes == c)):
-            out.append(
-                f"{where}: class {c} {names[c]!r} is {ml:.1f} mL in {path}, far outside {lo}-{hi} mL for a "
-                f"whole {names[c]}{' (and it does not reach the edge of the volume)' if ml < lo else ''}: is "
-                "label_map written for this atlas (version)? Check the map against the atlas's id table."
-            )
-    return volumes, out
-
-
 def check_segmentation_items(
     items: list[dict],
     label_names,
@@ -205,15 +106,15 @@ def check_segmentation_items(
     Per item (errors name the item, both files and the values): the label file and the image header can be read;
     the image has ``in_channels`` channels; the label has one; both are the same grid (equal shape and affine once
     stored in the same orientation, to :data:`AFFINE_ATOL` mm); label values are integers and, after
-    ``label_map`` (see :func:`label_lookup`), classes ``0 .. len(label_names) - 1``. Over the split: some
-    foreground exists, and (``require_all_classes``, the training split) every class of ``label_names`` occurs in
-    some label -- a class never seen cannot be learnt and usually means a ``label_map`` for another atlas version;
-    otherwise a warning. A ``label_map`` source id found in no label is warned about.
+    ``label_map`` (see :func:`~medmae_ext.data.label_maps.label_lookup`), classes ``0 .. len(label_names) - 1``.
+    Over the split: some foreground exists, and (``require_all_classes``, the training split) every class of
+    ``label_names`` occurs in some label -- a class never seen cannot be learnt and usually means a ``label_map`` for
+    another atlas version; otherwise a warning. A ``label_map`` source id found in no label is warned about.
 
     Each class's volume in mL per item (after ``label_map``) is logged as a min / median / max per class, and, with
     ``organ_volumes`` (the bundles turn it off for the synthetic phantom, a 10 cm toy), a class far outside the range
-    its name implies (:data:`ORGAN_VOLUMES_ML`) is warned about, naming the item; so is an item whose label is all
-    background.
+    its name implies (:data:`~medmae_ext.data.label_maps.ORGAN_VOLUMES_ML`) is warned about, naming the item; so is
+    an item whose label is all background.
     """
     names = (
         {int(k): v for k, v in dict(label_names).items()}
@@ -291,7 +192,7 @@ def check_segmentation_items(
             present.update(map_label_ids(ids, lut).tolist())
             classes = map_label_ids(np.asarray(lab).reshape(l_shape).astype(np.int64), lut)
         voxel_ml = abs(float(np.linalg.det(l_aff[:3, :3]))) / 1000.0
-        volumes, warnings = _volume_warnings(where, lab_path, classes, names, voxel_ml)
+        volumes, warnings = volume_warnings(where, lab_path, classes, names, voxel_ml)
         for c, ml in volumes.items():
             per_class_ml.setdefault(c, []).append(ml)
         if organ_volumes:

@@ -158,12 +158,12 @@ class RemapLabeld(MapTransform):
         self, keys: KeysCollection, label_map: dict | None, num_classes: int, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        from .segmentation import label_lookup
+        from .label_maps import label_lookup
 
         self.lut = label_lookup(label_map, num_classes)
 
     def __call__(self, data):
-        from .segmentation import map_label_ids
+        from .label_maps import map_label_ids
 
         d = dict(data)
         if self.lut is None:

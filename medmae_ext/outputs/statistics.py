@@ -11,8 +11,10 @@ __all__ = ["as_vector", "decisions", "decided", "scores", "bootstrap_ci95", "cal
 
 
 def as_vector(value) -> torch.Tensor:
-    """One sample's output (``pred`` or ``label`` of a decollated engine output) as a flat float tensor on the CPU."""
-    return torch.as_tensor(value).detach().float().cpu().reshape(-1)
+    """One sample's output (``pred`` or ``label`` of a decollated engine output) as a flat float tensor on the CPU: a
+    plain tensor, not MONAI's ``MetaTensor``, whose per-operation metadata bookkeeping made the bootstrap's thousand
+    rescorings 2-3x slower."""
+    return torch.as_tensor(value).detach().float().cpu().reshape(-1).as_subclass(torch.Tensor)
 
 
 def decisions(prob: torch.Tensor, multi_label: bool = False, threshold: float = 0.5, decide=None) -> torch.Tensor:
