@@ -185,37 +185,29 @@ def test_the_report_holds_metatensor_outputs_as_plain_tensors(tmp_path):
     """The engine's outputs are MONAI MetaTensors after the post-transforms; the report keeps plain tensors (the
     bootstrap rescores them a thousand times, and MetaTensor's per-operation bookkeeping made that 2-3x slower) and
     gives the same numbers and intervals as from plain tensors."""
-    from types import SimpleNamespace
-
     from monai.data import MetaTensor
 
-    from medmae_ext.outputs.reports import ClassificationReport
+    from medmae_ext.outputs.statistics import as_vector
 
+    assert type(as_vector(MetaTensor(torch.tensor([0.2, 0.8])))) is torch.Tensor
     rng = np.random.default_rng(0)
     labels = [[1, 0] if i % 3 else [0, 1] for i in range(60)]
     preds = [[p, 1 - p] for p in rng.uniform(0, 1, 60).tolist()]
-
-    def report(wrap, where):
-        rep = ClassificationReport(str(where), ["normal", "pneumonia"], bootstrap=200)
-        rep._reset(None)
-        output = [{"pred": wrap(torch.tensor(p)), "label": wrap(torch.tensor(y))} for p, y in zip(preds, labels)]
-        rep._collect(SimpleNamespace(state=SimpleNamespace(output=output, batch=None, metrics={})))
-        return rep, rep(SimpleNamespace(state=SimpleNamespace(output=output, batch=None, metrics={})))
-
-    meta_rep, meta = report(MetaTensor, tmp_path / "meta")
-    assert all(type(t) is torch.Tensor for t in meta_rep._pred + meta_rep._label)
-    _, plain = report(lambda t: t, tmp_path / "plain")
+    meta = _report_on(tmp_path / "meta", preds, labels, wrap=MetaTensor, bootstrap=200)
+    plain = _report_on(tmp_path / "plain", preds, labels, bootstrap=200)
     assert meta["ci95"] == plain["ci95"] and meta["mean_auc"] == plain["mean_auc"]
 
 
-def _report_on(tmp_path, preds, labels, ids=None, **kwargs):
+def _report_on(tmp_path, preds, labels, ids=None, wrap=torch.as_tensor, **kwargs):
+    """The report of an engine whose outputs are ``wrap`` (a tensor type) of ``preds`` and ``labels``."""
     from types import SimpleNamespace
 
     from medmae_ext.outputs.reports import ClassificationReport
 
     rep = ClassificationReport(str(tmp_path), ["normal", "pneumonia"], **kwargs)
     rep._reset(None)
-    output = [{"pred": torch.tensor(p, dtype=torch.float32), "label": torch.tensor(y)} for p, y in zip(preds, labels)]
+    output = [{"pred": wrap(torch.tensor(p, dtype=torch.float32)), "label": wrap(torch.tensor(y))}
+              for p, y in zip(preds, labels)]
     batch = [{"id": i} for i in ids] if ids else None
     engine = SimpleNamespace(state=SimpleNamespace(output=output, batch=batch, metrics={}))
     rep._collect(engine)

@@ -98,12 +98,14 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     assert record["medmae_run"]["settings"]["pooling"] == "mean", record["medmae_run"]["settings"]
     assert not (pooled / "seed0" / "pretrain").exists()  # the encoders came from --pretrain_dir
 
-    def shrunk(cmd: str, name: str, extra: str = "") -> str:
-        """``cmd`` as written, shrunk, into ``tmp_path / name``: its results.md"""
+    def shrunk(cmd: str, name: str, extra: str = "", log: list | None = None) -> str:
+        """``cmd`` as written, shrunk, into ``tmp_path / name``: its results.md (its output appended to ``log``)"""
         out = tmp_path / name
         done = subprocess.run(["bash", "-c", cmd + shrink.replace(str(work), str(out)) + extra], cwd=REPO,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        if log is not None:
+            log.append(done.stdout + done.stderr)
         return open(out / "results.md").read()
 
     # a fine-tuning recipe option, measured the same way (label smoothing; the bundle test checks the loss it builds)
@@ -114,12 +116,9 @@ def test_readme_comparison_command_runs_and_reports_every_arm(tmp_path):
     assert weighting == cmds[0].replace("--work_dir runs/compare_pneumonia", "--arms mae --class_weighting balanced "
                                         "--work_dir runs/cw_balanced --pretrain_dir runs/compare_pneumonia "
                                         "--reuse_pretraining True")
-    weighted = subprocess.run(["bash", "-c", weighting + shrink.replace(str(work), str(tmp_path / "cw"))
-                               + f" --pretrain_dir {work}"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert weighted.returncode == 0, weighted.stdout[-3000:] + weighted.stderr[-3000:]
-    assert re.search(r"class_weighting=balanced: normal \d+ items -> weight [\d.]+, pneumonia \d+ items",
-                     weighted.stdout + weighted.stderr)
-    assert "class_weighting `balanced`" in open(tmp_path / "cw" / "results.md").read()
+    log = []
+    assert "class_weighting `balanced`" in shrunk(weighting, "cw", f" --pretrain_dir {work}", log)
+    assert re.search(r"class_weighting=balanced: normal \d+ items -> weight [\d.]+, pneumonia \d+ items", log[0])
     # the batch augmentation and the recipe's batch options (mixup / CutMix, random erasing), on the same encoders
     batch_cmds = readme_commands("### Augmentation on the batch", "docs/evidence.md")
     assert len(batch_cmds) == 4  # the fourth: the MSMAE arm on the same encoders, nothing else changed

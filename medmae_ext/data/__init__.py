@@ -1,19 +1,10 @@
 from . import checks, dicom, geometry, intensity, splits, transforms  # noqa: F401
 from .caching import CACHE_KINDS, cached_dataset, item_hash
-from .classification import (
-    CHESTXRAY14_CLASSES,
-    HAM10000_CLASSES,
-    chestxray14_csv,
-    dataset_items,
-    folder_classes,
-    ham10000_csv,
-    image_folder,
-    match_folders,
-    messidor2_csv,
-)
+from .classification import dataset_items, folder_classes, image_folder, match_folders
 from .label_maps import label_lookup
 from .labels import check_labels, class_names_for, classification_items, label_source
 from .preprocessing import preprocessing
+from .public_csv import CHESTXRAY14_CLASSES, HAM10000_CLASSES, chestxray14_csv, ham10000_csv, messidor2_csv
 from .readers import Datalist, DatalistError, check_files, image_list, lazy, load_datalist, load_medmnist_npz
 from .segmentation import check_segmentation_items, segmentation_items
 from .splits import select_split, split_items, spread_items

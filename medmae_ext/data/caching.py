@@ -8,10 +8,10 @@
   copies, they left the C heap fragmented, and a 20k-item 224 px set took 5.6x its pixels' bytes instead of ~1x. An
   entry whose stored levels are the uint8 pixels its item already holds (the ``.npz`` reader) is a view of them.
 * ``"mapped"`` -- the memory cache kept in one file under ``cache_dir`` and memory-mapped
-  (:class:`medmae_ext.data.mapped.MappedCacheDataset`): built once, and every later run, resume or rank with the same items and
-  deterministic transforms maps it instead of building it again (ChestX-ray14 at 224 px: ~50 CPU-minutes at each
-  start otherwise). Reads are as fast as the memory cache's once the file is in the page cache, which the kernel
-  shares between processes and can evict: for sets near the RAM size. Keyed as the disk cache is.
+  (:class:`medmae_ext.data.mapped.MappedCacheDataset`): built once, and every later run, resume or rank with the same
+  items and deterministic transforms maps it instead of building it again (ChestX-ray14 at 224 px: ~50 CPU-minutes
+  at each start otherwise). Reads are as fast as the memory cache's once the file is in the page cache, which the
+  kernel shares between processes and can evict: for sets near the RAM size. Keyed as the disk cache is.
 * ``"disk"`` -- MONAI ``PersistentDataset`` under ``cache_dir``: computed once, read back every epoch; for sets that
   do not fit in RAM (ChestX-ray14's 112k images at 224 px are ~22 GB as float32). The cache key of an item covers
   the item, the size and modification time of each file it names, and the deterministic transforms with their

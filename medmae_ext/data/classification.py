@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import os
 
-from .public_csv import CHESTXRAY14_CLASSES, HAM10000_CLASSES, chestxray14_csv, ham10000_csv, messidor2_csv
+from .public_csv import chestxray14_csv, ham10000_csv, messidor2_csv
 from .readers import IMAGE_SUFFIXES, Datalist, DatalistError, image_list, load_datalist, load_medmnist_npz
 from .splits import group_by, select_split, split_items, spread_items
 
 __all__ = [
-    "CHESTXRAY14_CLASSES",
-    "HAM10000_CLASSES",
     "split_items",
     "select_split",
     "spread_items",
-    "chestxray14_csv",
-    "ham10000_csv",
-    "messidor2_csv",
     "image_folder",
     "dataset_items",
     "folder_classes",

@@ -30,7 +30,7 @@ import torch
 from monai.transforms import Transform
 from monai.transforms.traits import RandomizableTrait
 
-__all__ = ["Compactd", "Expandd", "lattice_code", "quantized_code", "expand", "source_codes", "TOLERANCE"]
+__all__ = ["Compactd", "Expandd", "lattice_code", "quantized_code", "expand", "source_codes", "like", "TOLERANCE"]
 
 #: largest difference between an image and its stored form, as a fraction of the image's value range
 TOLERANCE = 1e-6
@@ -48,7 +48,7 @@ def _codable(x) -> bool:
     return isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.ndim >= 2 and x.numel() > 0
 
 
-def _like(template, codes: torch.Tensor) -> torch.Tensor:
+def like(template, codes: torch.Tensor) -> torch.Tensor:
     """``codes`` as a ``MetaTensor`` with ``template``'s meta (affine, file name) where ``template`` is one."""
     if hasattr(template, "meta"):
         return type(template)(codes, meta=template.meta, applied_operations=template.applied_operations)
@@ -81,7 +81,7 @@ def lattice_code(x, tolerance: float = TOLERANCE):
     codes = codes.to(torch.uint8).reshape(x.shape)
     if (_decode(codes, lo_step) - x.detach().as_subclass(torch.Tensor)).abs().max() > tolerance * max(1.0, hi - lo):
         return None
-    return _like(x, codes), lo_step  # a MetaTensor keeps its meta (affine, file name) through the cache
+    return like(x, codes), lo_step  # a MetaTensor keeps its meta (affine, file name) through the cache
 
 
 def quantized_code(x):
@@ -96,7 +96,7 @@ def quantized_code(x):
         return None
     step = (hi - lo) / 255 if hi > lo else 1.0
     codes = torch.round((plain.double() - lo) / step).clamp_(0, 255).to(torch.uint8)
-    return _like(x, codes), torch.tensor([lo, step], dtype=torch.float32)
+    return like(x, codes), torch.tensor([lo, step], dtype=torch.float32)
 
 
 def _root(array: np.ndarray) -> np.ndarray:
@@ -139,7 +139,7 @@ def source_codes(entry, source, bases: dict) -> set:
         span = step * float(plain.max() - plain.min()) if plain.numel() else 0.0
         if (_decode(view, moved) - _decode(plain, lo_step)).abs().max() > TOLERANCE * max(1.0, span):
             continue
-        entry[k], entry[f"{k}{_SUFFIX}"] = _like(codes, view), moved
+        entry[k], entry[f"{k}{_SUFFIX}"] = like(codes, view), moved
         shared.add(k)
     return shared
 

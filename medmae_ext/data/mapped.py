@@ -21,6 +21,7 @@ from monai.data.utils import pickle_hashing
 from monai.utils import convert_to_tensor
 
 from .caching import PackedCacheDataset, first_line, first_random, item_hash, map_items
+from .compact import like
 
 __all__ = ["MappedCacheDataset", "transform_hash"]
 
@@ -152,10 +153,8 @@ class MappedCacheDataset(PackedCacheDataset):
         def move(t):
             if not isinstance(t, torch.Tensor) or not start <= t.data_ptr() < end:
                 return t
-            plain = t.as_tensor() if isinstance(t, MetaTensor) else t
-            at, n = plain.data_ptr() - start, plain.numel() * plain.element_size()
-            moved = used[at : at + n].view(plain.dtype).view(plain.shape)
-            return MetaTensor(moved, meta=t.meta, applied_operations=t.applied_operations) if plain is not t else moved
+            at, n = t.data_ptr() - start, t.numel() * t.element_size()
+            return like(t, used[at : at + n].view(t.dtype).view(t.shape))
 
         return [map_items(e, move) for e in entries]
 
